@@ -1,0 +1,12 @@
+//! portiso: a node agent and tools that let many sandboxes share one IPv4 address and MAC,
+//! isolated by port range on an Open vSwitch bridge.
+//!
+//! Where things happen:
+//! - `model`: the PortRange API, port blocks, overlap and arbitration (pure);
+//! - `flows`: where a packet's fate is decided — the pure compiler from node state to OpenFlow;
+//! - `ovs`: the only module that runs ovs-vsctl / ovs-ofctl;
+//! - `link`: the only module that creates veths and configures sandbox namespaces;
+//! - `agent`: the node agent (socket server, state, reconcile loop);
+//! - `demo`: the throwaway node the README runs.
+
+pub mod model;

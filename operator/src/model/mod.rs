@@ -1,0 +1,1 @@
+//! The PortRange API and the pure logic over it.
