@@ -6,7 +6,14 @@
 //! - `flows`: where a packet's fate is decided — the pure compiler from node state to OpenFlow;
 //! - `ovs`: the only module that runs ovs-vsctl / ovs-ofctl;
 //! - `link`: the only module that creates veths and configures sandbox namespaces;
-//! - `agent`: the node agent (socket server, state, reconcile loop);
-//! - `demo`: the throwaway node the README runs.
+//! - `agent`: the node agent (socket server, state, reconcile);
+//! - `testbed` and `demo`: a throwaway node in network namespaces, for the demo and the tests.
 
+pub mod agent;
+pub mod config;
+pub mod exec;
+pub mod flows;
+pub mod link;
 pub mod model;
+pub mod ovs;
+pub mod demo;

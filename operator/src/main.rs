@@ -1,1 +1,48 @@
-fn main() {}
+//! `portiso`: the node agent and the tools around it.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "portiso", version, about = "Many sandboxes, one IPv4 address and MAC, isolated by port range on Open vSwitch")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent: own the uplink bridges and attach sandboxes for portiso-cni.
+    Agent {
+        /// The agent's YAML config.
+        #[arg(long, default_value = "/etc/portiso/agent.yaml")]
+        config: PathBuf,
+    },
+    /// Build a throwaway node in network namespaces, attach two sandboxes through the real
+    /// agent and CNI plugin, send real traffic and show where it landed.
+    Demo,
+    /// Print the PortRange CustomResourceDefinition as YAML.
+    Crd,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Agent { config } => {
+            let config = portiso::config::AgentConfig::load(&config)?;
+            let agent = portiso::agent::Agent::start(config, Box::new(portiso::ovs::OvsCli))?;
+            tokio::runtime::Runtime::new()?.block_on(portiso::agent::serve(agent))
+        }
+        Command::Demo => portiso::demo::run(),
+        Command::Crd => {
+            print!("{}", portiso::model::crd_yaml()?);
+            Ok(())
+        }
+    }
+}

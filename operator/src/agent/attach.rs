@@ -1,0 +1,210 @@
+//! The CNI verbs as the agent carries them out. ADD answers only after the sandbox's flows
+//! are installed, and undoes everything it did when any step fails.
+
+use super::state::{self, Attachment};
+use super::Agent;
+use crate::link::{self, SandboxLink};
+use crate::model::ObjectKey;
+use crate::ovs::bridge as ovsdb;
+use portiso_agent_api::{code, AgentError, Attached, AttachRequest, AttachmentKey, DetachRequest, Request, Response};
+
+impl Agent {
+    /// Answers one request from the CNI plugin.
+    pub fn handle(&mut self, request: Request) -> Response {
+        let result = match request {
+            Request::Add(r) => self.add(&r).map(Response::Attached),
+            Request::Check(r) => self.check(&r).map(|_| Response::Done),
+            Request::Del(r) => self.del(&r).map(|_| Response::Done),
+            Request::Status { uplink } => self.known_uplink(&uplink).map(|_| Response::Done),
+            Request::Gc { uplink, valid } => self.gc(&uplink, &valid).map(|_| Response::Done),
+        };
+        result.unwrap_or_else(Response::Error)
+    }
+
+    fn known_uplink(&self, name: &str) -> Result<&super::UplinkRuntime, AgentError> {
+        self.uplink(name).ok_or_else(|| {
+            let known: Vec<&str> = self.uplinks.iter().map(|u| u.config.name.as_str()).collect();
+            AgentError::new(
+                code::INVALID_NETWORK_CONFIG,
+                format!("uplink {name:?} is not served by this node's portiso agent: set `uplink` to one of {known:?}"),
+            )
+        })
+    }
+
+    fn find(&self, key: &AttachmentKey) -> Option<usize> {
+        self.attachments.iter().position(|a| &a.key == key)
+    }
+
+    fn attached(&self, a: &Attachment) -> Attached {
+        let u = self.uplink(&a.uplink).expect("attachments only exist on known uplinks");
+        let owners = state::owners(&self.accepted, &self.attachments);
+        Attached {
+            ifname: a.key.ifname.clone(),
+            mac: u.mac.clone(),
+            sandbox: a.netns.clone(),
+            address: u.config.cidr(),
+            gateway: u.config.gateway.map(|g| g.to_string()),
+            ports: state::ports_of(&self.accepted, &owners, a)
+                .iter()
+                .map(|(p, s, e)| format!("{p} {s}-{e}"))
+                .collect(),
+        }
+    }
+
+    fn add(&mut self, r: &AttachRequest) -> Result<Attached, AgentError> {
+        let uplink = self.known_uplink(&r.uplink)?.clone();
+        if let Some(i) = self.find(&r.key) {
+            // A repeated ADD for the same attachment: it is already there.
+            return Ok(self.attached(&self.attachments[i].clone()));
+        }
+        if !std::path::Path::new(&r.netns).exists() {
+            return Err(AgentError::new(
+                code::INTERNAL,
+                format!("network namespace {:?} does not exist: the runtime must create it before ADD", r.netns),
+            ));
+        }
+        let sandbox = format!("{}/{}", r.sandbox_namespace, r.sandbox_name);
+        let labels = std::collections::BTreeMap::from([(state::SANDBOX_LABEL.to_string(), r.sandbox_name.clone())]);
+        let selecting: Vec<_> = self
+            .accepted
+            .iter()
+            .filter(|pr| state::selects(pr, &r.sandbox_namespace, &labels, &r.uplink))
+            .collect();
+        if selecting.is_empty() {
+            let refused: Vec<String> = self.refused.iter().map(|(k, why)| format!("{k} ({why})")).collect();
+            return Err(AgentError {
+                code: code::INTERNAL,
+                msg: format!(
+                    "no accepted PortRange selects sandbox {sandbox} on uplink {}: create one in namespace {} with selector matchLabels {{{}: {}}}",
+                    r.uplink, r.sandbox_namespace, state::SANDBOX_LABEL, r.sandbox_name
+                ),
+                details: if refused.is_empty() { String::new() } else { format!("refused PortRanges: {}", refused.join("; ")) },
+            });
+        }
+        let owners = state::owners(&self.accepted, &self.attachments);
+        for pr in &selecting {
+            if let Some(holder) = owners.get(&(r.uplink.clone(), ObjectKey::of(pr))) {
+                return Err(AgentError::new(
+                    code::INTERNAL,
+                    format!(
+                        "PortRange {} already gives its ports on uplink {} to sandbox {}: one range serves one sandbox per uplink; give {sandbox} a PortRange of its own",
+                        ObjectKey::of(pr),
+                        r.uplink,
+                        holder.sandbox()
+                    ),
+                ));
+            }
+        }
+        let mut ports: Vec<_> = Vec::new();
+        for pr in &selecting {
+            for span in &pr.spec.ports {
+                if let Some((s, e)) = crate::model::overlap::valid_ports(span) {
+                    ports.push((span.protocol, s, e));
+                }
+            }
+        }
+        let host_if = link::host_if_name(&r.key.container_id, &r.key.ifname);
+        let cidr = uplink.config.cidr();
+        link::create(&SandboxLink {
+            host_if: &host_if,
+            netns: &r.netns,
+            ifname: &r.key.ifname,
+            mac: &uplink.mac,
+            cidr: &cidr,
+            gateway: uplink.config.gateway.map(|g| g.to_string()),
+            local_ports: state::local_port_range(&ports),
+            checksum_offload_off: self.datapath_type == "netdev",
+        })
+        .map_err(|e| AgentError::new(code::INTERNAL, format!("could not create the interface of {sandbox}: {e}")))?;
+
+        let ids = [
+            (ovsdb::EXT_CONTAINER, r.key.container_id.as_str()),
+            (ovsdb::EXT_IFNAME, r.key.ifname.as_str()),
+            (ovsdb::EXT_NETNS, r.netns.as_str()),
+            (ovsdb::EXT_UPLINK, r.uplink.as_str()),
+            (ovsdb::EXT_SANDBOX, sandbox.as_str()),
+        ];
+        let undo_link = |e: String| {
+            let _ = link::delete(&host_if);
+            AgentError::new(code::INTERNAL, format!("could not attach {sandbox} to bridge {}: {e}", uplink.config.bridge))
+        };
+        let ofport = ovsdb::add_sandbox_port(self.ovs.as_ref(), &uplink.config.bridge, &host_if, &ids).map_err(|e| {
+            let _ = ovsdb::del_port(self.ovs.as_ref(), &uplink.config.bridge, &host_if);
+            undo_link(e.to_string())
+        })?;
+        let attachment = Attachment {
+            key: r.key.clone(),
+            uplink: r.uplink.clone(),
+            sandbox_name: r.sandbox_name.clone(),
+            sandbox_namespace: r.sandbox_namespace.clone(),
+            netns: r.netns.clone(),
+            host_if: host_if.clone(),
+            ofport,
+        };
+        self.attachments.push(attachment.clone());
+        if let Err(e) = self.reconcile(&uplink) {
+            self.attachments.pop();
+            let _ = ovsdb::del_port(self.ovs.as_ref(), &uplink.config.bridge, &host_if);
+            let _ = self.reconcile(&uplink);
+            return Err(undo_link(e.to_string()));
+        }
+        tracing::info!(%sandbox, uplink = %r.uplink, port = %host_if, ofport, "sandbox attached");
+        Ok(self.attached(&attachment))
+    }
+
+    fn check(&self, r: &AttachRequest) -> Result<(), AgentError> {
+        self.known_uplink(&r.uplink)?;
+        let a = self.find(&r.key).map(|i| &self.attachments[i]).ok_or_else(|| {
+            AgentError::new(
+                code::INTERNAL,
+                format!("container {} interface {} is not attached to uplink {}", r.key.container_id, r.key.ifname, r.uplink),
+            )
+        })?;
+        if !link::exists(&a.host_if) || !link::sandbox_has(&a.netns, &a.key.ifname) {
+            return Err(AgentError::new(
+                code::INTERNAL,
+                format!("the interface of {} is gone (host side {}, sandbox side {} in {})", a.sandbox(), a.host_if, a.key.ifname, a.netns),
+            ));
+        }
+        Ok(())
+    }
+
+    fn del(&mut self, r: &DetachRequest) -> Result<(), AgentError> {
+        // DEL succeeds when things are already gone, and even for an uplink we do not know:
+        // there is nothing of ours to remove then.
+        let Some(i) = self.find(&r.key) else {
+            let _ = link::delete(&link::host_if_name(&r.key.container_id, &r.key.ifname));
+            return Ok(());
+        };
+        let a = self.attachments.remove(i);
+        self.detach(&a).map_err(|e| {
+            self.attachments.push(a.clone());
+            e
+        })
+    }
+
+    /// Removes an attachment already taken out of `attachments`: flows first, so that no
+    /// packet is sent to a port that is going away, then the port and the veth.
+    fn detach(&self, a: &Attachment) -> Result<(), AgentError> {
+        let fail = |e: String| AgentError::new(code::TRY_AGAIN_LATER, format!("could not detach {}: {e}", a.sandbox()));
+        if let Some(u) = self.uplink(&a.uplink) {
+            self.reconcile(u).map_err(|e| fail(e.to_string()))?;
+            ovsdb::del_port(self.ovs.as_ref(), &u.config.bridge, &a.host_if).map_err(|e| fail(e.to_string()))?;
+        }
+        link::delete(&a.host_if).map_err(|e| fail(e.to_string()))?;
+        tracing::info!(sandbox = %a.sandbox(), port = %a.host_if, "sandbox detached");
+        Ok(())
+    }
+
+    fn gc(&mut self, uplink: &str, valid: &[AttachmentKey]) -> Result<(), AgentError> {
+        self.known_uplink(uplink)?;
+        let (stale, keep): (Vec<Attachment>, Vec<Attachment>) = std::mem::take(&mut self.attachments)
+            .into_iter()
+            .partition(|a| a.uplink == uplink && !valid.contains(&a.key));
+        self.attachments = keep;
+        for a in &stale {
+            self.detach(a)?;
+        }
+        Ok(())
+    }
+}

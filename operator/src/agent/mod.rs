@@ -1,0 +1,195 @@
+//! The node agent: owns one bridge per uplink, attaches sandboxes for the CNI plugin, and
+//! keeps every bridge's flows equal to what the compiler makes of the current state.
+//!
+//! State lives in OVS (ports with external_ids, flows with content-derived cookies), so a
+//! restarted agent re-adopts its ports, recompiles, finds the same cookies installed and
+//! changes nothing.
+
+mod attach;
+mod ranges;
+mod server;
+pub mod state;
+
+pub use server::serve;
+
+use crate::config::{AgentConfig, DatapathChoice, UplinkConfig};
+use crate::flows::{compile_bridge, diff};
+use crate::model::{arbitrate, ObjectKey, PortRange, Verdict};
+use crate::ovs::{self, OvsExec};
+use crate::{link, ovs::bridge as ovsdb};
+use ranges::RangeFiles;
+use state::Attachment;
+use std::collections::BTreeMap;
+
+/// An uplink whose bridge is up.
+#[derive(Debug, Clone)]
+pub struct UplinkRuntime {
+    pub config: UplinkConfig,
+    pub uplink_ofport: u32,
+    /// The shared MAC: the uplink NIC's own.
+    pub mac: String,
+}
+
+pub struct Agent {
+    pub config: AgentConfig,
+    ovs: Box<dyn OvsExec>,
+    /// `netdev` or `system`.
+    pub datapath_type: String,
+    pub uplinks: Vec<UplinkRuntime>,
+    range_files: RangeFiles,
+    /// PortRanges that passed validation and arbitration.
+    pub accepted: Vec<PortRange>,
+    /// Refused PortRanges and why.
+    pub refused: BTreeMap<ObjectKey, String>,
+    pub attachments: Vec<Attachment>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentStartError {
+    #[error("uplink {uplink}: {detail}")]
+    Uplink { uplink: String, detail: String },
+    #[error(transparent)]
+    Ovs(#[from] ovs::OvsError),
+}
+
+/// The kernel datapath needs the openvswitch module; without it only the userspace one works.
+pub fn choose_datapath(choice: DatapathChoice) -> &'static str {
+    match choice {
+        DatapathChoice::System => "system",
+        DatapathChoice::Netdev => "netdev",
+        DatapathChoice::Auto if std::path::Path::new("/sys/module/openvswitch").exists() => "system",
+        DatapathChoice::Auto => "netdev",
+    }
+}
+
+impl Agent {
+    /// Builds or adopts every uplink's bridge, re-adopts attached sandboxes, loads the
+    /// PortRanges and brings the flows in line.
+    pub fn start(config: AgentConfig, ovs: Box<dyn OvsExec>) -> Result<Self, AgentStartError> {
+        let datapath_type = choose_datapath(config.datapath).to_string();
+        tracing::info!(datapath = %datapath_type, requested = ?config.datapath, "OVS datapath chosen");
+        let mut uplinks = Vec::new();
+        for u in &config.uplinks {
+            let fail = |detail: String| AgentStartError::Uplink {
+                uplink: u.name.clone(),
+                detail,
+            };
+            let mac = link::mac_of(&u.name)
+                .map_err(|e| fail(format!("no such network interface ({e}): check uplinks[].name")))?;
+            let uplink_ofport = ovsdb::ensure_bridge(ovs.as_ref(), &u.bridge, &u.name, &datapath_type, &mac)?;
+            if datapath_type == "netdev" {
+                link::checksum_offload_off(&u.name).map_err(|e| fail(e.to_string()))?;
+            }
+            link::move_address(&u.name, &u.bridge, &u.cidr()).map_err(|e| fail(e.to_string()))?;
+            tracing::info!(uplink = %u.name, bridge = %u.bridge, address = %u.cidr(), %mac, "uplink bridge ready");
+            uplinks.push(UplinkRuntime {
+                config: u.clone(),
+                uplink_ofport,
+                mac,
+            });
+        }
+        let mut agent = Agent {
+            config,
+            ovs,
+            datapath_type,
+            uplinks,
+            range_files: RangeFiles::default(),
+            accepted: Vec::new(),
+            refused: BTreeMap::new(),
+            attachments: Vec::new(),
+        };
+        agent.adopt_ports()?;
+        agent.reload_ranges();
+        agent.reconcile_all()?;
+        Ok(agent)
+    }
+
+    /// Rebuilds the attachments from the sandbox ports recorded in OVSDB.
+    fn adopt_ports(&mut self) -> Result<(), ovs::OvsError> {
+        for u in &self.uplinks {
+            for p in ovsdb::list_sandbox_ports(self.ovs.as_ref(), &u.config.bridge)? {
+                let id = |k: &str| p.external_ids.get(k).cloned().unwrap_or_default();
+                let (ns, name) = id(ovsdb::EXT_SANDBOX)
+                    .split_once('/')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .unwrap_or_default();
+                let a = Attachment {
+                    key: portiso_agent_api::AttachmentKey {
+                        container_id: id(ovsdb::EXT_CONTAINER),
+                        ifname: id(ovsdb::EXT_IFNAME),
+                    },
+                    uplink: u.config.name.clone(),
+                    sandbox_name: name,
+                    sandbox_namespace: ns,
+                    netns: id(ovsdb::EXT_NETNS),
+                    host_if: p.name.clone(),
+                    ofport: p.ofport,
+                };
+                tracing::info!(sandbox = %a.sandbox(), port = %a.host_if, "re-adopted attachment");
+                self.attachments.push(a);
+            }
+        }
+        Ok(())
+    }
+
+    /// The node's reserved ports: the configured ones and the host's own ephemeral range.
+    pub fn reserved_ports(&self) -> Vec<(u16, u16)> {
+        let mut r = self.config.reserved_host_ports.clone();
+        r.extend(link::local_port_range());
+        r
+    }
+
+    /// Re-reads rangesDir and re-arbitrates. Returns whether anything changed.
+    pub fn reload_ranges(&mut self) -> bool {
+        if !self.range_files.reload(&self.config.ranges_dir) && !self.accepted.is_empty() {
+            return false;
+        }
+        let ranges = self.range_files.ranges();
+        let names: Vec<String> = self.uplinks.iter().map(|u| u.config.name.clone()).collect();
+        let verdicts = arbitrate(&ranges, &names, &self.reserved_ports());
+        let mut accepted = Vec::new();
+        let mut refused = BTreeMap::new();
+        for (range, verdict) in ranges.into_iter().zip(verdicts) {
+            match verdict.verdict {
+                Verdict::Accepted => accepted.push(range),
+                Verdict::Refused { reason } => {
+                    tracing::warn!(portrange = %verdict.key, %reason, "PortRange refused");
+                    refused.insert(verdict.key, reason);
+                }
+            }
+        }
+        let changed = accepted != self.accepted || refused != self.refused;
+        self.accepted = accepted;
+        self.refused = refused;
+        changed
+    }
+
+    /// Brings one bridge's flows in line with the state: one atomic bundle of only the flows
+    /// that differ.
+    pub fn reconcile(&self, uplink: &UplinkRuntime) -> Result<(), ovs::OvsError> {
+        let desired = compile_bridge(&state::bridge_state(
+            &uplink.config,
+            uplink.uplink_ofport,
+            &uplink.mac,
+            &self.accepted,
+            &self.attachments,
+        ));
+        let installed = self.ovs.installed_cookies(&uplink.config.bridge)?;
+        let d = diff(&desired, &installed);
+        if !d.is_empty() {
+            tracing::info!(bridge = %uplink.config.bridge, add = d.add.len(), delete = d.delete.len(), "flows updated");
+        }
+        self.ovs.apply(&uplink.config.bridge, &d)
+    }
+
+    pub fn reconcile_all(&self) -> Result<(), ovs::OvsError> {
+        for u in &self.uplinks {
+            self.reconcile(u)?;
+        }
+        Ok(())
+    }
+
+    pub fn uplink(&self, name: &str) -> Option<&UplinkRuntime> {
+        self.uplinks.iter().find(|u| u.config.name == name)
+    }
+}

@@ -1,0 +1,81 @@
+//! The agent's unix socket: one JSON request per connection, answered in turn; and the poll
+//! that re-reads rangesDir.
+
+use super::Agent;
+use portiso_agent_api::{code, AgentError, Request, Response};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// How often rangesDir is checked for changes.
+const RANGES_POLL: Duration = Duration::from_secs(1);
+
+/// Serves the socket until the process is stopped.
+pub async fn serve(agent: Agent) -> anyhow::Result<()> {
+    let socket = agent.config.socket.clone();
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // A socket file left by a previous agent would make bind fail.
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", socket.display()))?;
+    tracing::info!(socket = %socket.display(), "agent ready");
+    let agent = Arc::new(Mutex::new(agent));
+    tokio::spawn(poll_ranges(agent.clone()));
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, agent).await {
+                tracing::warn!(error = %e, "CNI request failed");
+            }
+        });
+    }
+}
+
+async fn answer(stream: UnixStream, agent: Arc<Mutex<Agent>>) -> anyhow::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => {
+            tracing::debug!(?request, "request");
+            // OVS and netlink work blocks: keep it off the async workers.
+            tokio::task::spawn_blocking(move || lock(&agent).handle(request)).await?
+        }
+        Err(e) => Response::Error(AgentError::new(
+            code::INTERNAL,
+            format!("the agent could not read the request ({e}): are the plugin and agent the same version?"),
+        )),
+    };
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    Ok(())
+}
+
+fn lock(agent: &Mutex<Agent>) -> std::sync::MutexGuard<'_, Agent> {
+    // A panic while holding the lock leaves state that OVS still describes; carry on.
+    agent.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn poll_ranges(agent: Arc<Mutex<Agent>>) {
+    loop {
+        tokio::time::sleep(RANGES_POLL).await;
+        let agent = agent.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut a = lock(&agent);
+            if a.reload_ranges() {
+                a.reconcile_all()
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        if let Ok(Err(e)) = result {
+            tracing::error!(error = %e, "could not update flows after a PortRange change");
+        }
+    }
+}

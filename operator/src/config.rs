@@ -1,0 +1,286 @@
+//! The node agent's configuration file (`portiso agent --config FILE`).
+//!
+//! Parsing is strict: unknown keys are refused (a typo like `reservedHostPort` must not be
+//! silently ignored), and every error names the field and how to fix it.
+
+use serde::Deserialize;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read agent config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("agent config {path}: {detail}")]
+    Parse { path: String, detail: String },
+    #[error("agent config {path}: {field}: {problem}")]
+    Invalid {
+        path: String,
+        field: String,
+        problem: String,
+    },
+}
+
+/// Which OVS datapath the agent builds its bridges on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DatapathChoice {
+    /// The kernel datapath if the openvswitch module is there, else the userspace one.
+    #[default]
+    Auto,
+    /// The kernel datapath (`datapath_type=system`).
+    System,
+    /// The userspace datapath (`datapath_type=netdev`).
+    Netdev,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawUplink {
+    name: String,
+    bridge: Option<String>,
+    address: String,
+    gateway: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawConfig {
+    uplinks: Vec<RawUplink>,
+    #[serde(default)]
+    reserved_host_ports: Vec<String>,
+    ranges_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    #[serde(default)]
+    datapath: DatapathChoice,
+}
+
+/// One uplink: a NIC, the bridge built around it, and the address the host and its
+/// sandboxes share on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkConfig {
+    pub name: String,
+    pub bridge: String,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+impl UplinkConfig {
+    /// The address with its prefix, as `ip addr` takes it.
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", self.address, self.prefix_len)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub uplinks: Vec<UplinkConfig>,
+    /// Port spans (inclusive) that belong to the host on every uplink, for TCP and UDP.
+    pub reserved_host_ports: Vec<(u16, u16)>,
+    pub ranges_dir: PathBuf,
+    pub socket: PathBuf,
+    pub datapath: DatapathChoice,
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates a config document; `path` only names it in errors.
+    pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            detail: e.to_string(),
+        })?;
+        let invalid = |field: String, problem: String| ConfigError::Invalid {
+            path: path.into(),
+            field,
+            problem,
+        };
+        if raw.uplinks.is_empty() {
+            return Err(invalid(
+                "uplinks".into(),
+                "no uplink configured: list at least one, e.g. `- {name: eth1, address: 198.51.100.1/24}`"
+                    .into(),
+            ));
+        }
+        let mut uplinks = Vec::new();
+        for (i, u) in raw.uplinks.iter().enumerate() {
+            uplinks.push(parse_uplink(u, i).map_err(|(f, p)| invalid(f, p))?);
+        }
+        for (i, u) in uplinks.iter().enumerate() {
+            if let Some(j) = uplinks[..i]
+                .iter()
+                .position(|o| o.name == u.name || o.bridge == u.bridge)
+            {
+                return Err(invalid(
+                    format!("uplinks[{i}]"),
+                    format!(
+                        "uplink {:?} (bridge {:?}) repeats the name or bridge of uplinks[{j}]: give each uplink its own NIC and bridge",
+                        u.name, u.bridge
+                    ),
+                ));
+            }
+        }
+        let mut reserved = Vec::new();
+        for (i, span) in raw.reserved_host_ports.iter().enumerate() {
+            reserved.push(
+                parse_port_span(span)
+                    .map_err(|p| invalid(format!("reservedHostPorts[{i}]"), p))?,
+            );
+        }
+        Ok(AgentConfig {
+            uplinks,
+            reserved_host_ports: reserved,
+            ranges_dir: raw
+                .ranges_dir
+                .unwrap_or_else(|| PathBuf::from("/etc/portiso/ranges")),
+            socket: raw
+                .socket
+                .unwrap_or_else(|| PathBuf::from(portiso_agent_api::DEFAULT_SOCKET)),
+            datapath: raw.datapath,
+        })
+    }
+
+    pub fn uplink(&self, name: &str) -> Option<&UplinkConfig> {
+        self.uplinks.iter().find(|u| u.name == name)
+    }
+}
+
+fn parse_uplink(u: &RawUplink, i: usize) -> Result<UplinkConfig, (String, String)> {
+    let field = |f: &str| format!("uplinks[{i}].{f}");
+    // Linux interface names are at most 15 bytes and cannot hold '/' or whitespace.
+    let ifname_ok = |n: &str| {
+        !n.is_empty() && n.len() <= 15 && !n.contains(['/', ' ', '\t', '\n']) && n != "." && n != ".."
+    };
+    if !ifname_ok(&u.name) {
+        return Err((
+            field("name"),
+            format!("{:?} is not a network interface name (1-15 characters, no '/' or spaces)", u.name),
+        ));
+    }
+    let bridge = u.bridge.clone().unwrap_or_else(|| {
+        let mut b = format!("br-{}", u.name);
+        b.truncate(15);
+        b
+    });
+    if !ifname_ok(&bridge) {
+        return Err((
+            field("bridge"),
+            format!("{bridge:?} is not a bridge name (1-15 characters, no '/' or spaces)"),
+        ));
+    }
+    let (addr, prefix) = u.address.split_once('/').ok_or_else(|| {
+        (
+            field("address"),
+            format!("{:?} has no prefix length: write it as ADDRESS/PREFIX, e.g. 198.51.100.1/24", u.address),
+        )
+    })?;
+    let address: Ipv4Addr = addr.parse().map_err(|_| {
+        (
+            field("address"),
+            format!("{addr:?} is not an IPv4 address: write it as ADDRESS/PREFIX, e.g. 198.51.100.1/24"),
+        )
+    })?;
+    let prefix_len: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| (1..=32).contains(p))
+        .ok_or_else(|| (field("address"), format!("prefix length {prefix:?} must be 1-32")))?;
+    let gateway = match &u.gateway {
+        None => None,
+        Some(g) => Some(g.parse::<Ipv4Addr>().map_err(|_| {
+            (field("gateway"), format!("{g:?} is not an IPv4 address, e.g. 198.51.100.254"))
+        })?),
+    };
+    Ok(UplinkConfig {
+        name: u.name.clone(),
+        bridge,
+        address,
+        prefix_len,
+        gateway,
+    })
+}
+
+/// Parses "N" or "A-B" (inclusive, 0-65535).
+pub fn parse_port_span(span: &str) -> Result<(u16, u16), String> {
+    let fix = "write a port or an inclusive span within 0-65535, e.g. \"0-9999\" or \"22\"";
+    let (a, b) = span.split_once('-').unwrap_or((span, span));
+    let start: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{span:?} is not a port span: {fix}"))?;
+    let end: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("{span:?} is not a port span: {fix}"))?;
+    if start > end {
+        return Err(format!("{span:?} starts after it ends: swap the two ports"));
+    }
+    Ok((start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+uplinks:
+  - name: eth1
+    address: 198.51.100.1/24
+    gateway: 198.51.100.254
+  - name: eth2
+    bridge: br-up2
+    address: 203.0.113.1/24
+reservedHostPorts: ["0-9999", "22"]
+rangesDir: /etc/portiso/ranges
+socket: /run/portiso/agent.sock
+"#;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = AgentConfig::parse(GOOD, "t.yaml").unwrap();
+        assert_eq!(c.uplinks.len(), 2);
+        assert_eq!(c.uplinks[0].bridge, "br-eth1");
+        assert_eq!(c.uplinks[0].cidr(), "198.51.100.1/24");
+        assert_eq!(c.uplinks[0].gateway, Some(Ipv4Addr::new(198, 51, 100, 254)));
+        assert_eq!(c.uplinks[1].bridge, "br-up2");
+        assert_eq!(c.reserved_host_ports, vec![(0, 9999), (22, 22)]);
+        assert_eq!(c.datapath, DatapathChoice::Auto);
+    }
+
+    fn err(text: &str) -> String {
+        AgentConfig::parse(text, "t.yaml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_fix() {
+        let e = err("uplinks: [{name: eth1, address: 198.51.100.1}]");
+        assert!(e.contains("uplinks[0].address") && e.contains("ADDRESS/PREFIX"), "{e}");
+        let e = err("uplinks: [{name: eth1, address: 198.51.100.300/24}]");
+        assert!(e.contains("uplinks[0].address"), "{e}");
+        let e = err("uplinks: [{name: eth1, address: 198.51.100.1/24, gateway: x}]");
+        assert!(e.contains("uplinks[0].gateway"), "{e}");
+        let e = err("uplinks: [{name: eth1, address: 198.51.100.1/24}]\nreservedHostPorts: [\"9-1\"]");
+        assert!(e.contains("reservedHostPorts[0]") && e.contains("swap"), "{e}");
+        let e = err("uplinks: []");
+        assert!(e.contains("uplinks") && e.contains("at least one"), "{e}");
+        let e = err("uplinks: [{name: eth1, address: 198.51.100.1/24}]\nreservedHostPort: []");
+        assert!(e.contains("reservedHostPort"), "{e}");
+        let e = err("uplinks: [{name: eth1, address: 198.51.100.1/24}, {name: eth1, address: 203.0.113.1/24}]");
+        assert!(e.contains("uplinks[1]") && e.contains("repeats"), "{e}");
+        let e = err("uplinks: [{name: a-very-long-interface, address: 198.51.100.1/24}]");
+        assert!(e.contains("uplinks[0].name"), "{e}");
+        let e = err(": : :");
+        assert!(e.contains("t.yaml"), "{e}");
+    }
+}

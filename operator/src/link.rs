@@ -1,0 +1,158 @@
+//! The only place that creates links and configures a sandbox's network namespace: a veth
+//! whose host end joins the bridge and whose sandbox end takes the shared MAC and address.
+//! Runs `ip`, `nsenter`, `sysctl` and `ethtool` with argument vectors.
+
+use crate::exec::{run, ExecError};
+use std::hash::Hasher;
+
+/// What the sandbox side of an attachment looks like.
+#[derive(Debug, Clone)]
+pub struct SandboxLink<'a> {
+    /// Host-side veth name (on the bridge).
+    pub host_if: &'a str,
+    /// Path of the sandbox's network namespace.
+    pub netns: &'a str,
+    /// Interface name inside the sandbox (CNI_IFNAME).
+    pub ifname: &'a str,
+    pub mac: &'a str,
+    /// ADDRESS/PREFIX.
+    pub cidr: &'a str,
+    pub gateway: Option<String>,
+    /// Set as net.ipv4.ip_local_port_range so that clients pick source ports it owns.
+    pub local_ports: Option<(u16, u16)>,
+    /// The userspace datapath leaves TCP/UDP checksums to offload and they arrive broken:
+    /// TX checksum offload must be off on both ends.
+    pub checksum_offload_off: bool,
+}
+
+/// A deterministic host-side name for an attachment ("pi" + 12 hex digits), at most 15 bytes.
+pub fn host_if_name(container_id: &str, ifname: &str) -> String {
+    let mut h = fnv::FnvHasher::default();
+    h.write(container_id.as_bytes());
+    h.write(b"/");
+    h.write(ifname.as_bytes());
+    format!("pi{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
+fn in_netns(netns: &str, program: &str, args: &[&str]) -> Result<String, ExecError> {
+    let net = format!("--net={netns}");
+    let mut argv = vec![net.as_str(), program];
+    argv.extend_from_slice(args);
+    run("nsenter", &argv)
+}
+
+/// Creates and configures the veth. On error, whatever was created is removed again.
+pub fn create(l: &SandboxLink) -> Result<(), ExecError> {
+    let result = create_inner(l);
+    if result.is_err() {
+        let _ = delete(l.host_if);
+    }
+    result
+}
+
+fn create_inner(l: &SandboxLink) -> Result<(), ExecError> {
+    // A temporary name inside the sandbox, so that creating cannot collide with an existing
+    // interface there; it is renamed to CNI_IFNAME once configured.
+    let tmp = format!("pt{}", &l.host_if[2..]);
+    run(
+        "ip",
+        &["link", "add", l.host_if, "type", "veth", "peer", "name", &tmp, "netns", l.netns],
+    )?;
+    in_netns(l.netns, "ip", &["link", "set", &tmp, "name", l.ifname, "address", l.mac])?;
+    // IPv6 would make the sandbox send neighbour discovery as its own; portiso shares IPv4.
+    let _ = in_netns(
+        l.netns,
+        "sysctl",
+        &["-q", "-w", &format!("net.ipv6.conf.{}.disable_ipv6=1", l.ifname)],
+    );
+    in_netns(l.netns, "ip", &["addr", "add", l.cidr, "dev", l.ifname])?;
+    in_netns(l.netns, "ip", &["link", "set", "lo", "up"])?;
+    in_netns(l.netns, "ip", &["link", "set", l.ifname, "up"])?;
+    if let Some(gw) = &l.gateway {
+        in_netns(l.netns, "ip", &["route", "replace", "default", "via", gw, "dev", l.ifname])?;
+    }
+    if let Some((lo, hi)) = l.local_ports {
+        in_netns(
+            l.netns,
+            "sysctl",
+            &["-q", "-w", &format!("net.ipv4.ip_local_port_range={lo} {hi}")],
+        )?;
+    }
+    if l.checksum_offload_off {
+        run("ethtool", &["-K", l.host_if, "tx", "off"])?;
+        in_netns(l.netns, "ethtool", &["-K", l.ifname, "tx", "off"])?;
+    }
+    run("ip", &["link", "set", l.host_if, "up"])?;
+    Ok(())
+}
+
+/// Deletes the host end (which takes the sandbox end with it). Already gone is fine.
+pub fn delete(host_if: &str) -> Result<(), ExecError> {
+    if !exists(host_if) {
+        return Ok(());
+    }
+    run("ip", &["link", "del", host_if]).map(|_| ())
+}
+
+/// Whether an interface of that name exists in the agent's namespace.
+pub fn exists(ifname: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(ifname).exists()
+}
+
+/// Whether the sandbox still has its interface (for CNI CHECK).
+pub fn sandbox_has(netns: &str, ifname: &str) -> bool {
+    in_netns(netns, "ip", &["link", "show", "dev", ifname]).is_ok()
+}
+
+/// The MAC of an interface in the agent's namespace.
+pub fn mac_of(ifname: &str) -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(format!("/sys/class/net/{ifname}/address"))?
+        .trim()
+        .to_string())
+}
+
+/// Moves the uplink's address to the bridge's internal port, with the default route if it went
+/// through the uplink; brings both up. Idempotent.
+pub fn move_address(uplink: &str, bridge: &str, cidr: &str) -> Result<(), ExecError> {
+    let default_route = run("ip", &["-4", "route", "show", "default", "dev", uplink])?;
+    let gateway = default_route
+        .split_whitespace()
+        .skip_while(|w| *w != "via")
+        .nth(1)
+        .map(str::to_string);
+    let on_uplink = run("ip", &["-4", "-o", "addr", "show", "dev", uplink])?;
+    if on_uplink.split_whitespace().any(|w| w == cidr) {
+        run("ip", &["addr", "del", cidr, "dev", uplink])?;
+    }
+    run("ip", &["addr", "replace", cidr, "dev", bridge])?;
+    run("ip", &["link", "set", uplink, "up"])?;
+    run("ip", &["link", "set", bridge, "up"])?;
+    if let Some(gw) = gateway {
+        run("ip", &["route", "replace", "default", "via", &gw, "dev", bridge])?;
+    }
+    Ok(())
+}
+
+/// Turns TX checksum offload off on an interface of the agent's namespace.
+pub fn checksum_offload_off(ifname: &str) -> Result<(), ExecError> {
+    run("ethtool", &["-K", ifname, "tx", "off"]).map(|_| ())
+}
+
+/// The namespace's ip_local_port_range: the host's ephemeral ports, which no sandbox may own.
+pub fn local_port_range() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+    Some((it.next()??, it.next()??))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn host_names_fit_and_differ() {
+        let a = super::host_if_name("c1", "eth0");
+        let b = super::host_if_name("c1", "eth1");
+        assert_eq!(a.len(), 14);
+        assert_ne!(a, b);
+        assert_eq!(a, super::host_if_name("c1", "eth0"));
+    }
+}

@@ -1,0 +1,39 @@
+//! A recording `OvsExec` for unit tests.
+
+use super::{OvsError, OvsExec};
+use crate::flows::FlowDiff;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct FakeOvs {
+    pub vsctl_calls: Mutex<Vec<Vec<String>>>,
+    /// Installed cookies per bridge, kept in line with applied diffs.
+    pub cookies: Mutex<BTreeMap<String, Vec<u64>>>,
+    pub applied: Mutex<Vec<(String, FlowDiff)>>,
+}
+
+impl OvsExec for FakeOvs {
+    fn vsctl(&self, args: &[&str]) -> Result<String, OvsError> {
+        let mut calls = self.vsctl_calls.lock().expect("lock");
+        calls.push(args.iter().map(|s| s.to_string()).collect());
+        Ok(String::new())
+    }
+
+    fn installed_cookies(&self, bridge: &str) -> Result<Vec<u64>, OvsError> {
+        let cookies = self.cookies.lock().expect("lock");
+        Ok(cookies.get(bridge).cloned().unwrap_or_default())
+    }
+
+    fn apply(&self, bridge: &str, diff: &FlowDiff) -> Result<(), OvsError> {
+        let mut cookies = self.cookies.lock().expect("lock");
+        let installed = cookies.entry(bridge.to_string()).or_default();
+        installed.retain(|c| !diff.delete.contains(c));
+        installed.extend(diff.add.iter().map(|f| f.cookie()));
+        self.applied
+            .lock()
+            .expect("lock")
+            .push((bridge.to_string(), diff.clone()));
+        Ok(())
+    }
+}

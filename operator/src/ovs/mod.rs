@@ -1,0 +1,47 @@
+//! The only place that touches Open vSwitch: `ovs-vsctl` and `ovs-ofctl` run as child
+//! processes behind the small `OvsExec` trait, which unit tests fake.
+//!
+//! Both tools find a private OVS instance through OVS_RUNDIR in the environment, which is how
+//! the tests and the demo run one OVS per throwaway node.
+
+pub mod bridge;
+mod cli;
+#[cfg(test)]
+pub mod fake;
+
+pub use bridge::{ensure_bridge, list_sandbox_ports, port_ofport, OvsPort};
+pub use cli::OvsCli;
+
+use crate::flows::FlowDiff;
+
+pub type OvsError = crate::exec::ExecError;
+
+/// What the agent needs from OVS.
+pub trait OvsExec: Send {
+    /// Runs `ovs-vsctl ARGS...` and returns its stdout.
+    fn vsctl(&self, args: &[&str]) -> Result<String, OvsError>;
+    /// The cookies of every flow on the bridge.
+    fn installed_cookies(&self, bridge: &str) -> Result<Vec<u64>, OvsError>;
+    /// Applies the diff as one atomic OpenFlow bundle.
+    fn apply(&self, bridge: &str, diff: &FlowDiff) -> Result<(), OvsError>;
+}
+
+/// Extracts the cookies from `ovs-ofctl dump-flows` output.
+pub fn parse_cookies(dump: &str) -> Vec<u64> {
+    dump.lines()
+        .filter_map(|l| {
+            let rest = l.trim_start().strip_prefix("cookie=0x")?;
+            let hex: String = rest.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_cookies_from_a_dump() {
+        let dump = "NXST_FLOW reply (xid=0x4):\n cookie=0x7012, duration=1s, table=0, priority=0 actions=drop\n cookie=0x0, table=0 actions=LOCAL\n";
+        assert_eq!(super::parse_cookies(dump), vec![0x7012, 0]);
+    }
+}
