@@ -21,6 +21,10 @@ pub const DEFAULT_TIMEOUT_SECONDS: u64 = 30;
 /// The key CNI 1.1 runtimes use to pass the still-valid attachments to GC.
 pub const VALID_ATTACHMENTS: &str = "cni.dev/valid-attachments";
 
+/// The name an earlier draft of the 1.1 spec used; libcni still sends both (CNI issue #1101),
+/// so a runtime that sends only this one must work too.
+pub const VALID_ATTACHMENTS_OLD: &str = "cni.dev/attachments";
+
 /// The parts of the network config this plugin uses. Everything else (runtimeConfig,
 /// capabilities, args, dns, prevResult, unknown keys) is tolerated and ignored: the agent
 /// decides addresses and ports, so there is nothing for the plugin to apply.
@@ -132,9 +136,14 @@ pub fn parse(map: &Map<String, Value>, cni_version: CniVersion) -> Result<NetCon
             ));
         }
     }
-    let valid_attachments = optional(map, VALID_ATTACHMENTS)
-        .map(parse_valid_attachments)
-        .transpose()?;
+    let valid_attachments = match (
+        optional(map, VALID_ATTACHMENTS),
+        optional(map, VALID_ATTACHMENTS_OLD),
+    ) {
+        (Some(list), _) => Some(parse_valid_attachments(VALID_ATTACHMENTS, list)?),
+        (None, Some(list)) => Some(parse_valid_attachments(VALID_ATTACHMENTS_OLD, list)?),
+        (None, None) => None,
+    };
     Ok(NetConf {
         cni_version,
         name,
@@ -145,10 +154,10 @@ pub fn parse(map: &Map<String, Value>, cni_version: CniVersion) -> Result<NetCon
     })
 }
 
-fn parse_valid_attachments(value: &Value) -> Result<Vec<AttachmentKey>, CniError> {
+fn parse_valid_attachments(field: &str, value: &Value) -> Result<Vec<AttachmentKey>, CniError> {
     let bad = |what: String| {
         CniError::config(format!(
-            "network config field `{VALID_ATTACHMENTS}` {what}: it must be a list of \
+            "network config field `{field}` {what}: it must be a list of \
              {{\"containerID\": ..., \"ifname\": ...}} objects"
         ))
     };
@@ -357,5 +366,15 @@ mod tests {
             (keys[1].container_id.as_str(), keys[1].ifname.as_str()),
             ("b", "net1")
         );
+        // The old key alone works; when both are present the spec's key wins.
+        let old_only = with(
+            VALID_ATTACHMENTS_OLD,
+            json!([{"containerID": "o", "ifname": "eth0"}]),
+        );
+        let keys = conf(old_only.clone()).unwrap().valid_attachments.unwrap();
+        assert_eq!(keys[0].container_id, "o");
+        let mut both = old_only;
+        both[VALID_ATTACHMENTS] = json!([]);
+        assert_eq!(conf(both).unwrap().valid_attachments, Some(vec![]));
     }
 }

@@ -17,3 +17,4 @@ pub mod link;
 pub mod model;
 pub mod ovs;
 pub mod demo;
+pub mod testbed;

@@ -121,9 +121,9 @@ spec:
     fn field_errors_name_file_document_field_and_line() {
         let text = TWO.replace("protocol: TCP", "protocol: SCTP");
         let err = parse_portranges_yaml(&text, "ranges.yaml").unwrap_err();
-        assert_eq!((err.source_name.as_str(), err.document), ("ranges.yaml", 2));
+        assert_eq!((err.source_name.as_str(), err.document), ("ranges.yaml", 1));
         let shown = err.to_string();
-        assert!(shown.starts_with("ranges.yaml: document 2: spec.ports[0].protocol: unknown variant `SCTP`"), "{shown}");
+        assert!(shown.starts_with("ranges.yaml: document 1: spec.ports[0].protocol: unknown variant `SCTP`"), "{shown}");
         assert!(shown.contains("line 12"), "{shown}");
     }
 
@@ -131,7 +131,7 @@ spec:
     fn missing_field_is_named() {
         let text = TWO.replace("  selector: {}\n", "");
         let err = parse_portranges_yaml(&text, "f.yaml").unwrap_err();
-        assert_eq!(err.document, 4);
+        assert_eq!(err.document, 3);
         assert!(err.message.contains("spec: missing field `selector`"), "{}", err.message);
     }
 
@@ -139,7 +139,7 @@ spec:
     fn wrong_kind_is_refused() {
         let text = TWO.replace("kind: PortRange\nmetadata:\n  name: dns", "kind: Service\nmetadata:\n  name: dns");
         let err = parse_portranges_yaml(&text, "f.yaml").unwrap_err();
-        assert_eq!(err.document, 4);
+        assert_eq!(err.document, 3);
         assert!(err.message.contains("kind \"Service\": expected apiVersion portiso.io/v1alpha1, kind PortRange"), "{}", err.message);
     }
 

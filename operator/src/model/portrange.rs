@@ -41,11 +41,21 @@ pub struct PortRangeSpec {
 pub struct PortSpan {
     pub protocol: Protocol,
     /// First port of the span.
-    #[schemars(range(min = 1, max = 65535))]
+    #[schemars(schema_with = "port_schema")]
     pub start: u32,
     /// Last port of the span (inclusive); equal to `start` for a single port.
-    #[schemars(range(min = 1, max = 65535))]
+    #[schemars(schema_with = "port_schema")]
     pub end: u32,
+}
+
+/// A TCP/UDP port for the API server to check: written by hand because the derived `u32`
+/// schema carries `format: uint32`, which Kubernetes does not know, and float bounds.
+fn port_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 65535,
+    })
 }
 
 /// Transport protocol of a span; written `TCP` or `UDP` as in a Kubernetes `ContainerPort`.

@@ -1,0 +1,332 @@
+//! A throwaway portiso node in network namespaces, for the demo and the tests.
+//!
+//! ```text
+//!   <name>-out (remote peer)          <name>-node (the "host")                 <name>-<sandbox>
+//!   eth1 198.51.100.7/24 ── veth ──  up1 ─┐                                     eth0 198.51.100.1/24
+//!   eth2 203.0.113.7/24  ── veth ──  up2 ─┤ OVS (private ovsdb + vswitchd) ── pi… (shared MAC)
+//!                                         └ br-up1 198.51.100.1/24, br-up2 203.0.113.1/24
+//! ```
+//! The node namespace runs its own ovsdb-server and ovs-vswitchd (OVS_RUNDIR points the tools
+//! at them) and the real `portiso agent`; sandboxes are attached by running the real
+//! `portiso-cni` binary as a CNI runtime would. Nothing outside these namespaces is touched;
+//! everything is removed on drop, and leftovers of an earlier run with the same name are
+//! removed first.
+
+pub mod netns;
+
+use crate::exec::{run, run_with_env, ExecError};
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One uplink of the test node and the peer's address behind it.
+#[derive(Debug, Clone)]
+pub struct TestUplink {
+    /// The NIC in the node namespace (also the uplink's name in the agent config).
+    pub name: String,
+    pub bridge: String,
+    pub shared: Ipv4Addr,
+    pub peer: Ipv4Addr,
+}
+
+impl TestUplink {
+    pub fn at(&self, port: u16) -> SocketAddr {
+        SocketAddr::from((self.shared, port))
+    }
+}
+
+pub struct Testbed {
+    pub name: String,
+    pub dir: PathBuf,
+    pub node: String,
+    pub outside: String,
+    pub uplinks: Vec<TestUplink>,
+    pub portiso_bin: PathBuf,
+    pub cni_bin: PathBuf,
+    agent: Option<Child>,
+    sandboxes: Vec<String>,
+}
+
+/// The uplinks every testbed gets: two, so that multi-homing is always there to test.
+fn default_uplinks(name: &str) -> Vec<TestUplink> {
+    let _ = name;
+    vec![
+        TestUplink {
+            name: "up1".into(),
+            bridge: "br-up1".into(),
+            shared: Ipv4Addr::new(198, 51, 100, 1),
+            peer: Ipv4Addr::new(198, 51, 100, 7),
+        },
+        TestUplink {
+            name: "up2".into(),
+            bridge: "br-up2".into(),
+            shared: Ipv4Addr::new(203, 0, 113, 1),
+            peer: Ipv4Addr::new(203, 0, 113, 7),
+        },
+    ]
+}
+
+/// The ports the host keeps in every testbed.
+pub const RESERVED_HOST_PORTS: &str = "0-9999";
+
+impl Testbed {
+    /// Builds the namespaces, the private OVS and the uplinks; the agent is started by
+    /// [`Testbed::start_agent`]. `name` must be short (it prefixes namespace names).
+    pub fn new(name: &str, portiso_bin: &Path) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("portiso-testbed-{name}"));
+        let cni_bin = portiso_bin.with_file_name("portiso-cni");
+        anyhow::ensure!(cni_bin.exists(), "portiso-cni not found beside {}: build the workspace first", portiso_bin.display());
+        let tb = Testbed {
+            name: name.into(),
+            node: format!("{name}-node"),
+            outside: format!("{name}-out"),
+            uplinks: default_uplinks(name),
+            portiso_bin: portiso_bin.into(),
+            cni_bin,
+            dir,
+            agent: None,
+            sandboxes: Vec::new(),
+        };
+        tb.remove_leftovers();
+        std::fs::create_dir_all(tb.dir.join("ranges"))?;
+        tb.build()?;
+        Ok(tb)
+    }
+
+    fn build(&self) -> anyhow::Result<()> {
+        run("ip", &["netns", "add", &self.node])?;
+        run("ip", &["netns", "add", &self.outside])?;
+        self.start_ovs()?;
+        for u in &self.uplinks {
+            let peer_if = u.name.replace("up", "eth");
+            run("ip", &["link", "add", &u.name, "netns", &self.node, "type", "veth", "peer", "name", &peer_if, "netns", &self.outside])?;
+            // The node's address starts on its NIC, as on a real machine; the agent moves it.
+            self.node_cmd("ip", &["addr", "add", &format!("{}/24", u.shared), "dev", &u.name])?;
+            self.node_cmd("ip", &["link", "set", &u.name, "up"])?;
+            self.out_cmd("ip", &["addr", "add", &format!("{}/24", u.peer), "dev", &peer_if])?;
+            self.out_cmd("ip", &["link", "set", &peer_if, "up"])?;
+            // The peer's checksums must be real too (the userspace datapath does not fill them).
+            self.out_cmd("ethtool", &["-K", &peer_if, "tx", "off"])?;
+        }
+        self.node_cmd("ip", &["link", "set", "lo", "up"])?;
+        self.out_cmd("ip", &["link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    fn ovs_env(&self) -> Vec<(&'static str, String)> {
+        let d = self.dir.display().to_string();
+        vec![("OVS_RUNDIR", d.clone()), ("OVS_DBDIR", d.clone()), ("OVS_LOGDIR", d.clone()), ("OVS_SYSCONFDIR", d)]
+    }
+
+    /// Runs a command in the node namespace with the private OVS in its environment.
+    pub fn node_cmd(&self, program: &str, args: &[&str]) -> Result<String, ExecError> {
+        let mut argv = vec!["netns", "exec", self.node.as_str(), program];
+        argv.extend_from_slice(args);
+        let env = self.ovs_env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        run_with_env("ip", &argv, &env)
+    }
+
+    pub fn out_cmd(&self, program: &str, args: &[&str]) -> Result<String, ExecError> {
+        let mut argv = vec!["netns", "exec", self.outside.as_str(), program];
+        argv.extend_from_slice(args);
+        run("ip", &argv)
+    }
+
+    fn start_ovs(&self) -> anyhow::Result<()> {
+        let d = self.dir.display().to_string();
+        let db = format!("{d}/conf.db");
+        run("ovsdb-tool", &["create", &db, "/usr/share/openvswitch/vswitch.ovsschema"])?;
+        self.node_cmd(
+            "ovsdb-server",
+            &[&db, &format!("--remote=punix:{d}/db.sock"), &format!("--pidfile={d}/ovsdb-server.pid"),
+              &format!("--unixctl={d}/ovsdb-server.ctl"), &format!("--log-file={d}/ovsdb-server.log"), "--detach"],
+        )?;
+        self.node_cmd("ovs-vsctl", &["--no-wait", "init"])?;
+        self.node_cmd(
+            "ovs-vswitchd",
+            &[&format!("unix:{d}/db.sock"), &format!("--pidfile={d}/ovs-vswitchd.pid"),
+              &format!("--unixctl={d}/ovs-vswitchd.ctl"), &format!("--log-file={d}/ovs-vswitchd.log"), "--detach"],
+        )?;
+        Ok(())
+    }
+
+    /// The agent config this testbed runs with.
+    pub fn agent_config(&self) -> String {
+        let mut y = String::from("uplinks:\n");
+        for u in &self.uplinks {
+            y += &format!("  - name: {}\n    bridge: {}\n    address: {}/24\n    gateway: {}\n", u.name, u.bridge, u.shared, u.peer);
+        }
+        y += &format!(
+            "reservedHostPorts: [\"{RESERVED_HOST_PORTS}\"]\nrangesDir: {}\nsocket: {}\n",
+            self.dir.join("ranges").display(),
+            self.socket().display()
+        );
+        y
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+
+    /// Starts `portiso agent` in the node namespace and waits (bounded) until it answers.
+    pub fn start_agent(&mut self) -> anyhow::Result<()> {
+        let config = self.dir.join("agent.yaml");
+        std::fs::write(&config, self.agent_config())?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log"))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.node])
+            .arg(&self.portiso_bin)
+            .args(["agent", "--config"])
+            .arg(&config)
+            .envs(self.ovs_env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let mut child = cmd.spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = portiso_agent_api::call(
+                &self.socket(),
+                &portiso_agent_api::Request::Status { uplink: self.uplinks[0].name.clone() },
+                Duration::from_secs(2),
+            );
+            if matches!(status, Ok(portiso_agent_api::Response::Done)) {
+                break;
+            }
+            if let Some(exit) = child.try_wait()? {
+                anyhow::bail!("portiso agent exited ({exit}); its log:\n{}", self.agent_log());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("portiso agent did not answer within 20 s; its log:\n{}", self.agent_log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.agent = Some(child);
+        Ok(())
+    }
+
+    /// Kills the agent (SIGKILL): its flows and ports stay in OVS.
+    pub fn kill_agent(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Writes a PortRange file into rangesDir.
+    pub fn write_ranges(&self, file: &str, yaml: &str) -> std::io::Result<()> {
+        let path = self.dir.join("ranges").join(file);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(tmp, path)
+    }
+
+    /// The netns name of a sandbox.
+    pub fn sandbox_ns(&self, sandbox: &str) -> String {
+        format!("{}-{sandbox}", self.name)
+    }
+
+    /// Creates an (empty) network namespace for a sandbox.
+    pub fn create_sandbox(&mut self, sandbox: &str) -> anyhow::Result<String> {
+        let ns = self.sandbox_ns(sandbox);
+        run("ip", &["netns", "add", &ns])?;
+        self.sandboxes.push(ns.clone());
+        Ok(ns)
+    }
+
+    /// Runs portiso-cni as a CNI runtime would: env + network config on stdin.
+    /// Returns (exit success, stdout).
+    pub fn cni(&self, command: &str, sandbox: &str, ifname: &str, uplink: &str, version: &str) -> anyhow::Result<(bool, String)> {
+        let conf = serde_json::json!({
+            "cniVersion": version,
+            "name": format!("portiso-{uplink}"),
+            "type": "portiso-cni",
+            "uplink": uplink,
+            "agentSocket": self.socket(),
+        });
+        let mut child = Command::new(&self.cni_bin)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", format!("ctr-{sandbox}"))
+            .env("CNI_NETNS", format!("/run/netns/{}", self.sandbox_ns(sandbox)))
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAME={sandbox}"))
+            .env("CNI_PATH", self.cni_bin.parent().unwrap_or(Path::new("/")))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(conf.to_string().as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned()))
+    }
+
+    /// Creates a sandbox namespace and attaches it to `uplink` through the CNI plugin; fails
+    /// with the plugin's error.
+    pub fn attach(&mut self, sandbox: &str, uplink: &str) -> anyhow::Result<serde_json::Value> {
+        if !self.sandboxes.contains(&self.sandbox_ns(sandbox)) {
+            self.create_sandbox(sandbox)?;
+        }
+        let ifname = if uplink == self.uplinks[0].name { "eth0" } else { "eth1" };
+        let (ok, out) = self.cni("ADD", sandbox, ifname, uplink, "1.0.0")?;
+        anyhow::ensure!(ok, "CNI ADD of {sandbox} on {uplink} failed: {out}\nagent log:\n{}", self.agent_log());
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// `ovs-ofctl dump-flows` of a bridge.
+    pub fn dump_flows(&self, bridge: &str) -> Result<String, ExecError> {
+        self.node_cmd("ovs-ofctl", &["-O", "OpenFlow14", "dump-flows", bridge])
+    }
+
+    /// Removes everything a testbed of this name may have left: processes, namespaces, files.
+    fn remove_leftovers(&self) {
+        for daemon in ["ovs-vswitchd", "ovsdb-server"] {
+            let pidfile = self.dir.join(format!("{daemon}.pid"));
+            if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+                stop_pid(pid);
+            }
+        }
+        if let Ok(list) = run("ip", &["netns", "list"]) {
+            let prefix = format!("{}-", self.name);
+            for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+                if ns.starts_with(&prefix) {
+                    let _ = run("ip", &["netns", "del", ns]);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// SIGTERM, then SIGKILL after a bounded wait.
+fn stop_pid(pid: i32) {
+    use nix::sys::signal::{kill, Signal};
+    let pid = nix::unistd::Pid::from_raw(pid);
+    if kill(pid, Signal::SIGTERM).is_err() {
+        return;
+    }
+    for _ in 0..50 {
+        if kill(pid, None).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = kill(pid, Signal::SIGKILL);
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        self.kill_agent();
+        self.remove_leftovers();
+    }
+}
