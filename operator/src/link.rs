@@ -23,6 +23,8 @@ pub struct SandboxLink<'a> {
     /// The userspace datapath leaves TCP/UDP checksums to offload and they arrive broken:
     /// TX checksum offload must be off on both ends.
     pub checksum_offload_off: bool,
+    /// Keep the host's IP stack away from the host end (userspace datapath only).
+    pub isolate_host_end: bool,
 }
 
 /// A deterministic host-side name for an attachment ("pi" + 12 hex digits), at most 15 bytes.
@@ -82,12 +84,16 @@ fn create_inner(l: &SandboxLink) -> Result<(), ExecError> {
         run("ethtool", &["-K", l.host_if, "tx", "off"])?;
         in_netns(l.netns, "ethtool", &["-K", l.ifname, "tx", "off"])?;
     }
+    if l.isolate_host_end {
+        isolate_from_host_stack(l.host_if)?;
+    }
     run("ip", &["link", "set", l.host_if, "up"])?;
     Ok(())
 }
 
 /// Deletes the host end (which takes the sandbox end with it). Already gone is fine.
 pub fn delete(host_if: &str) -> Result<(), ExecError> {
+    release_from_host_stack(host_if);
     if !exists(host_if) {
         return Ok(());
     }
@@ -132,6 +138,32 @@ pub fn move_address(uplink: &str, bridge: &str, cidr: &str) -> Result<(), ExecEr
     }
     Ok(())
 }
+
+/// On the userspace datapath OVS reads a port's frames through a packet socket, but the
+/// host's own IP stack still receives them too: it would answer a sandbox's connections with
+/// resets (the shared address is local to the host) and accept a sandbox's packets for the
+/// host's other addresses. A netfilter ingress chain that drops everything keeps the host stack
+/// out; packet sockets see a frame before that hook, so OVS still gets it. (With the kernel
+/// datapath OVS takes the frame itself and this must not be used.)
+pub fn isolate_from_host_stack(ifname: &str) -> Result<(), ExecError> {
+    run("nft", &["add", "table", "netdev", NFT_TABLE])?;
+    let chain = format!("in-{ifname}");
+    let spec = format!("{{ type filter hook ingress device \"{ifname}\" priority -500 ; policy drop ; }}");
+    run("nft", &["add", "chain", "netdev", NFT_TABLE, &chain, &spec]).map(|_| ())
+}
+
+/// Whether the interface already has its chain (a restarted agent must not add a second one).
+pub fn is_isolated(ifname: &str) -> bool {
+    run("nft", &["list", "chain", "netdev", NFT_TABLE, &format!("in-{ifname}")]).is_ok()
+}
+
+/// Removes the chain of [`isolate_from_host_stack`]; gone already is fine.
+pub fn release_from_host_stack(ifname: &str) {
+    let chain = format!("in-{ifname}");
+    let _ = run("nft", &["delete", "chain", "netdev", NFT_TABLE, &chain]);
+}
+
+const NFT_TABLE: &str = "portiso";
 
 /// Turns TX checksum offload off on an interface of the agent's namespace.
 pub fn checksum_offload_off(ifname: &str) -> Result<(), ExecError> {

@@ -3,19 +3,29 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::jiff::Timestamp;
 use portiso::model::{
-    arbitrate, expand_entries, parse_portranges_yaml, validate, PortRange, PortRangeSpec, PortSpan, Protocol,
-    Verdict,
+    arbitrate, expand_entries, parse_portranges_yaml, validate, PortRange, PortRangeSpec, PortSpan,
+    Protocol, Verdict,
 };
 use proptest::prelude::*;
 
-fn range(namespace: &str, name: &str, created: Option<i64>, ports: &[(Protocol, u32, u32)], uplinks: &[&str]) -> PortRange {
+fn range(
+    namespace: &str,
+    name: &str,
+    created: Option<i64>,
+    ports: &[(Protocol, u32, u32)],
+    uplinks: &[&str],
+) -> PortRange {
     let mut range = PortRange::new(
         name,
         PortRangeSpec {
             selector: LabelSelector::default(),
             ports: ports
                 .iter()
-                .map(|&(protocol, start, end)| PortSpan { protocol, start, end })
+                .map(|&(protocol, start, end)| PortSpan {
+                    protocol,
+                    start,
+                    end,
+                })
                 .collect(),
             uplinks: uplinks.iter().map(|u| u.to_string()).collect(),
         },
@@ -42,14 +52,20 @@ use Protocol::{Tcp, Udp};
 #[test]
 fn older_range_wins_and_the_newer_is_told_why() {
     let older = range("team-a", "web", Some(100), &[(Tcp, 10000, 10015)], &[]);
-    let newer = range("team-b", "api", Some(200), &[(Tcp, 10010, 10020), (Udp, 10010, 10020)], &[]);
+    let newer = range(
+        "team-b",
+        "api",
+        Some(200),
+        &[(Tcp, 10010, 10020), (Udp, 10010, 10020)],
+        &[],
+    );
     let verdicts = arbitrate(&[newer, older], &uplinks(&["eth0"]), &[]);
     assert_eq!(verdicts[0].key.to_string(), "team-b/api");
     assert_eq!(verdicts[1].verdict, Verdict::Accepted);
     assert_eq!(
         reason(&verdicts[0].verdict),
         "spec.ports[0] (TCP 10010-10020) overlaps team-a/web spec.ports[0] (TCP 10000-10015) on uplink eth0: \
-         TCP ports 10010-10015 already belong to team-a/web, accepted earlier; pick other ports"
+         team-a/web, accepted earlier, already owns TCP ports 10010-10015; pick other ports"
     );
 }
 
@@ -60,7 +76,9 @@ fn ties_on_creation_time_go_by_namespace_and_name_and_untimed_ranges_come_last()
     let from_file = range("aaa", "first-by-name", None, &[(Tcp, 80, 80)], &[]);
     let verdicts = arbitrate(&[from_file, b, a], &uplinks(&["eth0"]), &[]);
     assert!(reason(&verdicts[0].verdict).contains("ns/a"));
-    assert!(reason(&verdicts[1].verdict).contains("TCP port 80 already belong to ns/a"));
+    assert!(
+        reason(&verdicts[1].verdict).contains("ns/a, accepted earlier, already owns TCP port 80")
+    );
     assert_eq!(verdicts[2].verdict, Verdict::Accepted);
 }
 
@@ -70,13 +88,23 @@ fn same_ports_on_other_uplink_or_protocol_do_not_conflict() {
     let on_eth1 = range("ns", "b", Some(2), &[(Tcp, 80, 90)], &["eth1"]);
     let udp = range("ns", "c", Some(3), &[(Udp, 80, 90)], &[]);
     let everywhere = range("ns", "d", Some(4), &[(Tcp, 85, 85)], &[]);
-    let verdicts = arbitrate(&[on_eth0, on_eth1, udp, everywhere], &uplinks(&["eth0", "eth1"]), &[]);
+    let verdicts = arbitrate(
+        &[on_eth0, on_eth1, udp, everywhere],
+        &uplinks(&["eth0", "eth1"]),
+        &[],
+    );
     for verdict in &verdicts[..3] {
         assert_eq!(verdict.verdict, Verdict::Accepted, "{verdict}");
     }
     let why = reason(&verdicts[3].verdict);
-    assert!(why.contains("overlaps ns/a spec.ports[0] (TCP 80-90) on uplink eth0"), "{why}");
-    assert!(why.contains("overlaps ns/b spec.ports[0] (TCP 80-90) on uplink eth1"), "{why}");
+    assert!(
+        why.contains("overlaps ns/a spec.ports[0] (TCP 80-90) on uplink eth0"),
+        "{why}"
+    );
+    assert!(
+        why.contains("overlaps ns/b spec.ports[0] (TCP 80-90) on uplink eth1"),
+        "{why}"
+    );
 }
 
 #[test]
@@ -85,7 +113,10 @@ fn one_clash_on_several_uplinks_is_told_once() {
     let b = range("ns", "b", Some(2), &[(Tcp, 90, 95)], &[]);
     let verdicts = arbitrate(&[a, b], &uplinks(&["eth1", "eth0"]), &[]);
     let why = reason(&verdicts[1].verdict);
-    assert!(why.contains("on uplinks eth0, eth1: TCP port 90 already belong"), "{why}");
+    assert!(
+        why.contains("on uplinks eth0, eth1: ns/a, accepted earlier, already owns TCP port 90;"),
+        "{why}"
+    );
     assert_eq!(why.matches("overlaps").count(), 1, "{why}");
 }
 
@@ -94,7 +125,11 @@ fn a_refused_range_does_not_block_later_ones() {
     let invalid = range("ns", "a", Some(1), &[(Tcp, 80, 90), (Tcp, 0, 5)], &[]);
     let reserved = range("ns", "b", Some(2), &[(Tcp, 20, 100)], &[]);
     let later = range("ns", "c", Some(3), &[(Tcp, 85, 85)], &[]);
-    let verdicts = arbitrate(&[invalid, reserved, later], &uplinks(&["eth0"]), &[(22, 22), (6443, 6443)]);
+    let verdicts = arbitrate(
+        &[invalid, reserved, later],
+        &uplinks(&["eth0"]),
+        &[(22, 22), (6443, 6443)],
+    );
     assert_eq!(
         reason(&verdicts[0].verdict),
         "PortRange ns/a is invalid: spec.ports[1].start: port 0 is not a valid port: use 1-65535"
@@ -119,7 +154,10 @@ fn duplicate_names_are_all_refused() {
     let two = range("ns", "x", Some(2), &[(Tcp, 90, 90)], &[]);
     let verdicts = arbitrate(&[one, two], &uplinks(&["eth0"]), &[]);
     for verdict in &verdicts {
-        assert_eq!(reason(&verdict.verdict), "2 PortRanges in the input are named ns/x: keep one, or rename the others");
+        assert_eq!(
+            reason(&verdict.verdict),
+            "2 PortRanges in the input are named ns/x: keep one, or rename the others"
+        );
     }
 }
 
@@ -144,7 +182,8 @@ spec:
     let verdicts = arbitrate(&ranges, &uplinks(&["eth0"]), &[]);
     // Neither has a creation time, so default/api comes before default/web by name.
     assert_eq!(verdicts[1].verdict, Verdict::Accepted);
-    assert!(reason(&verdicts[0].verdict).contains("TCP ports 10050-10060 already belong to default/api"));
+    assert!(reason(&verdicts[0].verdict)
+        .contains("default/api, accepted earlier, already owns TCP ports 10050-10060"));
 }
 
 fn span() -> impl Strategy<Value = (Protocol, u32, u32)> {
@@ -165,7 +204,13 @@ fn any_range() -> impl Strategy<Value = PortRange> {
         prop::sample::subsequence(vec!["eth0", "eth1", "eth2"], 0..=2),
     )
         .prop_map(|(namespace, name, created, ports, named_uplinks)| {
-            range(&format!("ns{namespace}"), &format!("r{name}"), created, &ports, &named_uplinks)
+            range(
+                &format!("ns{namespace}"),
+                &format!("r{name}"),
+                created,
+                &ports,
+                &named_uplinks,
+            )
         })
 }
 

@@ -34,26 +34,59 @@ fn crd_names_and_schema_are_as_documented() {
     assert_eq!(crd.spec.group, "portiso.io");
     assert_eq!(crd.spec.scope, "Namespaced");
     assert_eq!(crd.spec.names.kind, "PortRange");
-    assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["pr".to_string()][..]));
+    assert_eq!(
+        crd.spec.names.short_names.as_deref(),
+        Some(&["pr".to_string()][..])
+    );
     let version = &crd.spec.versions[0];
     assert_eq!(version.name, "v1alpha1");
-    assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "status subresource");
+    assert!(
+        version
+            .subresources
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some(),
+        "status subresource"
+    );
 
-    let schema = serde_json::to_value(version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()))
-        .expect("schema as JSON");
+    let schema = serde_json::to_value(
+        version
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref()),
+    )
+    .expect("schema as JSON");
     let spec = &schema["properties"]["spec"];
-    let required: Vec<&str> = spec["required"].as_array().expect("spec.required").iter().filter_map(|v| v.as_str()).collect();
-    assert!(required.contains(&"selector") && required.contains(&"ports"), "{required:?}");
+    let required: Vec<&str> = spec["required"]
+        .as_array()
+        .expect("spec.required")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        required.contains(&"selector") && required.contains(&"ports"),
+        "{required:?}"
+    );
     assert!(!required.contains(&"uplinks"), "{required:?}");
     assert_eq!(spec["properties"]["ports"]["minItems"], 1);
     let span = &spec["properties"]["ports"]["items"];
     // The CRD type keeps bounds as f64, so they come out as 1.0 and 65535.0.
     for bound in ["start", "end"] {
         let port = &span["properties"][bound];
-        assert_eq!((port["minimum"].as_f64(), port["maximum"].as_f64()), (Some(1.0), Some(65535.0)), "{bound}");
+        assert_eq!(
+            (port["minimum"].as_f64(), port["maximum"].as_f64()),
+            (Some(1.0), Some(65535.0)),
+            "{bound}"
+        );
         assert_eq!(port["type"], "integer", "{bound}");
-        assert!(port.get("format").is_none(), "{bound}: Kubernetes knows no uint32 format");
+        assert!(
+            port.get("format").is_none(),
+            "{bound}: Kubernetes knows no uint32 format"
+        );
     }
-    assert_eq!(span["properties"]["protocol"]["enum"], serde_json::json!(["TCP", "UDP"]));
+    assert_eq!(
+        span["properties"]["protocol"]["enum"],
+        serde_json::json!(["TCP", "UDP"])
+    );
     assert!(spec["properties"]["selector"]["properties"]["matchExpressions"].is_object());
 }

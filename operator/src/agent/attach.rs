@@ -114,6 +114,7 @@ impl Agent {
             gateway: uplink.config.gateway.map(|g| g.to_string()),
             local_ports: state::local_port_range(&ports),
             checksum_offload_off: self.datapath_type == "netdev",
+            isolate_host_end: self.datapath_type == "netdev",
         })
         .map_err(|e| AgentError::new(code::INTERNAL, format!("could not create the interface of {sandbox}: {e}")))?;
 

@@ -79,6 +79,9 @@ impl Agent {
             let uplink_ofport = ovsdb::ensure_bridge(ovs.as_ref(), &u.bridge, &u.name, &datapath_type, &mac)?;
             if datapath_type == "netdev" {
                 link::checksum_offload_off(&u.name).map_err(|e| fail(e.to_string()))?;
+                if !link::is_isolated(&u.name) {
+                    link::isolate_from_host_stack(&u.name).map_err(|e| fail(e.to_string()))?;
+                }
             }
             link::move_address(&u.name, &u.bridge, &u.cidr()).map_err(|e| fail(e.to_string()))?;
             tracing::info!(uplink = %u.name, bridge = %u.bridge, address = %u.cidr(), %mac, "uplink bridge ready");

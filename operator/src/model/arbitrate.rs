@@ -13,7 +13,9 @@ use super::validate::{describe, validate};
 pub enum Verdict {
     Accepted,
     /// Refused whole; `reason` says why and what to change, on one line.
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
 }
 
 /// The verdict on one input range, with the range's `namespace/name`.
@@ -44,7 +46,11 @@ const MAX_LISTED_CONFLICTS: usize = 5;
 /// oldest first by `metadata.creationTimestamp` (ranges without one, e.g. read from a file,
 /// after all that have one), then by `namespace/name`. Uplinks are resolved as in
 /// [`expand_entries`]. The verdicts depend only on the ranges, not on their order in the slice.
-pub fn arbitrate(ranges: &[PortRange], node_uplinks: &[String], reserved: &[(u16, u16)]) -> Vec<RangeVerdict> {
+pub fn arbitrate(
+    ranges: &[PortRange],
+    node_uplinks: &[String],
+    reserved: &[(u16, u16)],
+) -> Vec<RangeVerdict> {
     let keys: Vec<ObjectKey> = ranges.iter().map(ObjectKey::of).collect();
     let mut key_counts: BTreeMap<&ObjectKey, usize> = BTreeMap::new();
     for key in &keys {
@@ -124,11 +130,13 @@ pub fn arbitrate(ranges: &[PortRange], node_uplinks: &[String], reserved: &[(u16
                 .insert(&own.uplink);
         }
         let clash_count = clashes.len();
-        for ((span, other_key, other_span, other_ports, shared), uplinks) in clashes.into_iter().take(MAX_LISTED_CONFLICTS) {
+        for ((span, other_key, other_span, other_ports, shared), uplinks) in
+            clashes.into_iter().take(MAX_LISTED_CONFLICTS)
+        {
             let uplinks: Vec<&str> = uplinks.into_iter().collect();
             reasons.push(format!(
                 "spec.ports[{span}] ({}) overlaps {other_key} spec.ports[{other_span}] ({}) on {} {}: \
-                 {shared} already belong to {other_key}, accepted earlier; pick other ports",
+                 {other_key}, accepted earlier, already owns {shared}; pick other ports",
                 describe(&range.spec.ports[span]),
                 other_ports,
                 if uplinks.len() == 1 { "uplink" } else { "uplinks" },
@@ -136,7 +144,10 @@ pub fn arbitrate(ranges: &[PortRange], node_uplinks: &[String], reserved: &[(u16
             ));
         }
         if clash_count > MAX_LISTED_CONFLICTS {
-            reasons.push(format!("and {} more overlaps", clash_count - MAX_LISTED_CONFLICTS));
+            reasons.push(format!(
+                "and {} more overlaps",
+                clash_count - MAX_LISTED_CONFLICTS
+            ));
         }
         if reasons.is_empty() {
             accepted[index] = true;

@@ -12,5 +12,8 @@ const HEADER: &str = "\
 
 /// The `PortRange` CRD rendered as one YAML document, header comment included.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    Ok(format!("{HEADER}{}", serde_yaml::to_string(&PortRange::crd())?))
+    Ok(format!(
+        "{HEADER}{}",
+        serde_yaml::to_string(&PortRange::crd())?
+    ))
 }

@@ -69,18 +69,28 @@ pub fn overlapping_interval_pairs(intervals: &[(u16, u16)]) -> Vec<(usize, usize
     let mut active: BinaryHeap<Reverse<(u16, usize)>> = BinaryHeap::new();
     for index in order {
         let (start, end) = intervals[index];
-        while active.peek().is_some_and(|Reverse((active_end, _))| *active_end < start) {
+        while active
+            .peek()
+            .is_some_and(|Reverse((active_end, _))| *active_end < start)
+        {
             active.pop();
         }
         // Every interval left began no later than `start` and ends at or after it.
-        pairs.extend(active.iter().map(|&Reverse((_, other))| (other.min(index), other.max(index))));
+        pairs.extend(
+            active
+                .iter()
+                .map(|&Reverse((_, other))| (other.min(index), other.max(index))),
+        );
         active.push(Reverse((end, index)));
     }
     pairs
 }
 
 /// Every pair `(i, j)` of indices into `left` and `right` whose intervals share a port.
-pub fn overlapping_interval_pairs_between(left: &[(u16, u16)], right: &[(u16, u16)]) -> Vec<(usize, usize)> {
+pub fn overlapping_interval_pairs_between(
+    left: &[(u16, u16)],
+    right: &[(u16, u16)],
+) -> Vec<(usize, usize)> {
     // Sweep both lists merged by start; a pair is reported when its later-starting member
     // arrives, against the other list's active intervals. On equal starts `right` goes first,
     // so each pair is seen exactly once.
@@ -88,7 +98,12 @@ pub fn overlapping_interval_pairs_between(left: &[(u16, u16)], right: &[(u16, u1
         .iter()
         .enumerate()
         .map(|(i, &(start, _))| (start, true, i))
-        .chain(right.iter().enumerate().map(|(j, &(start, _))| (start, false, j)))
+        .chain(
+            right
+                .iter()
+                .enumerate()
+                .map(|(j, &(start, _))| (start, false, j)),
+        )
         .collect();
     events.sort_unstable();
     let mut active_left: BinaryHeap<Reverse<(u16, usize)>> = BinaryHeap::new();
@@ -127,7 +142,10 @@ pub fn overlapping_pairs(entries: &[PortEntry]) -> Vec<(usize, usize)> {
     for group in order.chunk_by(|&a, &b| {
         entries[a].uplink == entries[b].uplink && entries[a].protocol == entries[b].protocol
     }) {
-        let intervals: Vec<(u16, u16)> = group.iter().map(|&i| (entries[i].start, entries[i].end)).collect();
+        let intervals: Vec<(u16, u16)> = group
+            .iter()
+            .map(|&i| (entries[i].start, entries[i].end))
+            .collect();
         for (a, b) in overlapping_interval_pairs(&intervals) {
             let (a, b) = (group[a], group[b]);
             if entries[a].owner != entries[b].owner {
@@ -143,7 +161,10 @@ pub fn overlapping_pairs(entries: &[PortEntry]) -> Vec<(usize, usize)> {
 pub fn reserved_hits(entries: &[PortEntry], reserved: &[(u16, u16)]) -> Vec<(usize, usize)> {
     let intervals: Vec<(u16, u16)> = entries.iter().map(|e| (e.start, e.end)).collect();
     // A reversed reserved span would reserve nothing; treat it as written in either order.
-    let reserved: Vec<(u16, u16)> = reserved.iter().map(|&(a, b)| (a.min(b), a.max(b))).collect();
+    let reserved: Vec<(u16, u16)> = reserved
+        .iter()
+        .map(|&(a, b)| (a.min(b), a.max(b)))
+        .collect();
     overlapping_interval_pairs_between(&intervals, &reserved)
 }
 
@@ -163,14 +184,16 @@ mod tests {
     }
 
     fn entry() -> impl Strategy<Value = PortEntry> {
-        (0usize..5, interval(), prop::bool::ANY, 0usize..3).prop_map(|(owner, (start, end), tcp, uplink)| PortEntry {
-            owner,
-            span: 0,
-            uplink: format!("eth{uplink}"),
-            protocol: if tcp { Protocol::Tcp } else { Protocol::Udp },
-            start,
-            end,
-        })
+        (0usize..5, interval(), prop::bool::ANY, 0usize..3).prop_map(
+            |(owner, (start, end), tcp, uplink)| PortEntry {
+                owner,
+                span: 0,
+                uplink: format!("eth{uplink}"),
+                protocol: if tcp { Protocol::Tcp } else { Protocol::Udp },
+                start,
+                end,
+            },
+        )
     }
 
     #[test]
@@ -181,12 +204,36 @@ mod tests {
 
     #[test]
     fn entries_of_one_owner_or_different_uplink_or_protocol_never_pair() {
-        let base = PortEntry { owner: 0, span: 0, uplink: "eth0".into(), protocol: Protocol::Tcp, start: 10, end: 20 };
-        let same_owner = PortEntry { span: 1, ..base.clone() };
-        let other_uplink = PortEntry { owner: 1, uplink: "eth1".into(), ..base.clone() };
-        let other_protocol = PortEntry { owner: 2, protocol: Protocol::Udp, ..base.clone() };
-        let conflicting = PortEntry { owner: 3, start: 20, end: 25, ..base.clone() };
-        let pairs = overlapping_pairs(&[base, same_owner, other_uplink, other_protocol, conflicting]);
+        let base = PortEntry {
+            owner: 0,
+            span: 0,
+            uplink: "eth0".into(),
+            protocol: Protocol::Tcp,
+            start: 10,
+            end: 20,
+        };
+        let same_owner = PortEntry {
+            span: 1,
+            ..base.clone()
+        };
+        let other_uplink = PortEntry {
+            owner: 1,
+            uplink: "eth1".into(),
+            ..base.clone()
+        };
+        let other_protocol = PortEntry {
+            owner: 2,
+            protocol: Protocol::Udp,
+            ..base.clone()
+        };
+        let conflicting = PortEntry {
+            owner: 3,
+            start: 20,
+            end: 25,
+            ..base.clone()
+        };
+        let pairs =
+            overlapping_pairs(&[base, same_owner, other_uplink, other_protocol, conflicting]);
         let pairs: BTreeSet<_> = pairs.into_iter().collect();
         assert_eq!(pairs, BTreeSet::from([(0, 4), (1, 4)]));
     }

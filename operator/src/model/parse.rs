@@ -37,12 +37,16 @@ pub fn parse_portranges_yaml(text: &str, source: &str) -> Result<Vec<PortRange>,
     let typed = serde_yaml::Deserializer::from_str(text);
     for (index, (value_doc, typed_doc)) in values.zip(typed).enumerate() {
         let document = index + 1;
-        let value = serde_yaml::Value::deserialize(value_doc).map_err(|e| error(document, e.to_string()))?;
+        let value = serde_yaml::Value::deserialize(value_doc)
+            .map_err(|e| error(document, e.to_string()))?;
         if value.is_null() {
             continue;
         }
         let Some(mapping) = value.as_mapping() else {
-            return Err(error(document, "not a mapping: expected a PortRange object".to_string()));
+            return Err(error(
+                document,
+                "not a mapping: expected a PortRange object".to_string(),
+            ));
         };
         let field = |name: &str| mapping.get(name).and_then(serde_yaml::Value::as_str);
         if field("apiVersion") != Some(API_VERSION) || field("kind") != Some(KIND) {
@@ -55,13 +59,51 @@ pub fn parse_portranges_yaml(text: &str, source: &str) -> Result<Vec<PortRange>,
                 ),
             ));
         }
-        let mut range = PortRange::deserialize(typed_doc).map_err(|e| error(document, e.to_string()))?;
+        if let Some(message) = unknown_field(mapping) {
+            return Err(error(document, message));
+        }
+        let mut range =
+            PortRange::deserialize(typed_doc).map_err(|e| error(document, e.to_string()))?;
         if range.metadata.namespace.is_none() {
             range.metadata.namespace = Some("default".to_string());
         }
         ranges.push(range);
     }
     Ok(ranges)
+}
+
+/// The first field of `spec` or of a port span that the types do not know. The API server
+/// would prune it silently; in a file it is most likely a typo (`uplink:` would otherwise
+/// quietly mean every uplink), so it is refused.
+fn unknown_field(object: &serde_yaml::Mapping) -> Option<String> {
+    const SPEC_FIELDS: [&str; 3] = ["selector", "ports", "uplinks"];
+    const SPAN_FIELDS: [&str; 3] = ["protocol", "start", "end"];
+    let spec = object.get("spec")?.as_mapping()?;
+    let stray = |mapping: &serde_yaml::Mapping, known: &[&str]| {
+        mapping
+            .keys()
+            .find(|key| !key.as_str().is_some_and(|key| known.contains(&key)))
+            .map(|key| {
+                serde_yaml::to_string(key)
+                    .unwrap_or_default()
+                    .trim_end()
+                    .to_string()
+            })
+    };
+    if let Some(key) = stray(spec, &SPEC_FIELDS) {
+        return Some(format!(
+            "spec.{key}: unknown field: expected one of {}",
+            SPEC_FIELDS.join(", ")
+        ));
+    }
+    let spans = spec.get("ports").and_then(serde_yaml::Value::as_sequence)?;
+    spans.iter().enumerate().find_map(|(index, span)| {
+        let key = stray(span.as_mapping()?, &SPAN_FIELDS)?;
+        Some(format!(
+            "spec.ports[{index}].{key}: unknown field: expected one of {}",
+            SPAN_FIELDS.join(", ")
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -108,13 +150,19 @@ spec:
         assert_eq!(ranges[1].metadata.namespace.as_deref(), Some("infra"));
         assert_eq!(ranges[1].spec.uplinks, ["eth0"]);
         // Out-of-range ports are validate's to refuse, not the parser's.
-        assert_eq!((ranges[1].spec.ports[0].start, ranges[1].spec.ports[0].end), (0, 70000));
+        assert_eq!(
+            (ranges[1].spec.ports[0].start, ranges[1].spec.ports[0].end),
+            (0, 70000)
+        );
     }
 
     #[test]
     fn empty_text_is_no_ranges() {
         assert_eq!(parse_portranges_yaml("", "empty.yaml").unwrap(), vec![]);
-        assert_eq!(parse_portranges_yaml("# nothing\n", "empty.yaml").unwrap(), vec![]);
+        assert_eq!(
+            parse_portranges_yaml("# nothing\n", "empty.yaml").unwrap(),
+            vec![]
+        );
     }
 
     #[test]
@@ -123,7 +171,12 @@ spec:
         let err = parse_portranges_yaml(&text, "ranges.yaml").unwrap_err();
         assert_eq!((err.source_name.as_str(), err.document), ("ranges.yaml", 1));
         let shown = err.to_string();
-        assert!(shown.starts_with("ranges.yaml: document 1: spec.ports[0].protocol: unknown variant `SCTP`"), "{shown}");
+        assert!(
+            shown.starts_with(
+                "ranges.yaml: document 1: spec.ports[0].protocol: unknown variant `SCTP`"
+            ),
+            "{shown}"
+        );
         assert!(shown.contains("line 12"), "{shown}");
     }
 
@@ -132,15 +185,37 @@ spec:
         let text = TWO.replace("  selector: {}\n", "");
         let err = parse_portranges_yaml(&text, "f.yaml").unwrap_err();
         assert_eq!(err.document, 3);
-        assert!(err.message.contains("spec: missing field `selector`"), "{}", err.message);
+        assert!(
+            err.message.contains("spec: missing field `selector`"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = parse_portranges_yaml(&TWO.replace("uplinks:", "uplink:"), "f.yaml").unwrap_err();
+        assert_eq!(err.to_string(), "f.yaml: document 3: spec.uplink: unknown field: expected one of selector, ports, uplinks");
+        let err =
+            parse_portranges_yaml(&TWO.replace("end: 10015", "last: 10015"), "f.yaml").unwrap_err();
+        assert_eq!(err.to_string(), "f.yaml: document 1: spec.ports[0].last: unknown field: expected one of protocol, start, end");
     }
 
     #[test]
     fn wrong_kind_is_refused() {
-        let text = TWO.replace("kind: PortRange\nmetadata:\n  name: dns", "kind: Service\nmetadata:\n  name: dns");
+        let text = TWO.replace(
+            "kind: PortRange\nmetadata:\n  name: dns",
+            "kind: Service\nmetadata:\n  name: dns",
+        );
         let err = parse_portranges_yaml(&text, "f.yaml").unwrap_err();
         assert_eq!(err.document, 3);
-        assert!(err.message.contains("kind \"Service\": expected apiVersion portiso.io/v1alpha1, kind PortRange"), "{}", err.message);
+        assert!(
+            err.message.contains(
+                "kind \"Service\": expected apiVersion portiso.io/v1alpha1, kind PortRange"
+            ),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! The types are deliberately permissive where a stricter type would make serde refuse the
 //! object with a vague message: ports are `u32` so that `0` or `70000` parse and are then
-//! refused by [`validate`](super::validate) with a message that names the field and the fix.
+//! refused by [`validate`](super::validate::validate) with a message that names the field and the fix.
 
 use std::fmt;
 

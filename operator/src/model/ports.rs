@@ -28,7 +28,7 @@ impl PortBlock {
     }
 
     /// Number of ports in the block (1 to 65536).
-    pub fn len(&self) -> u32 {
+    pub fn port_count(&self) -> u32 {
         u32::from(!self.mask) + 1
     }
 }
@@ -59,7 +59,11 @@ pub fn cover(start: u16, end: u16) -> Vec<PortBlock> {
     let mut next = u32::from(start);
     while next <= end {
         // Largest block aligned at `next` (2^trailing_zeros, all 65536 ports at 0)...
-        let aligned = if next == 0 { 1 << 16 } else { 1u32 << next.trailing_zeros() };
+        let aligned = if next == 0 {
+            1 << 16
+        } else {
+            1u32 << next.trailing_zeros()
+        };
         // ...shrunk until it ends within the span.
         let mut size = aligned;
         while next + size - 1 > end {
@@ -67,7 +71,10 @@ pub fn cover(start: u16, end: u16) -> Vec<PortBlock> {
         }
         // size <= 65536 and next < 65536, so both fit in u16 after the subtraction/mask.
         let mask = (!(size - 1) & 0xffff) as u16;
-        blocks.push(PortBlock { value: next as u16, mask });
+        blocks.push(PortBlock {
+            value: next as u16,
+            mask,
+        });
         next += size;
     }
     blocks
@@ -94,7 +101,7 @@ mod tests {
             let port = start + i as u32;
             for bits in 0..=16u32 {
                 let size = 1usize << bits;
-                if port % (size as u32) != 0 || i + size > len {
+                if !port.is_multiple_of(size as u32) || i + size > len {
                     continue;
                 }
                 fewest[i + size] = fewest[i + size].min(fewest[i] + 1);
@@ -105,31 +112,76 @@ mod tests {
 
     fn assert_exact_cover(start: u16, end: u16, blocks: &[PortBlock]) {
         for block in blocks {
-            assert_eq!(block.value & !block.mask, 0, "value has bits outside the mask: {block:?}");
-            assert_eq!(block.mask.leading_ones() + block.mask.trailing_zeros(), 16, "mask is not a prefix: {block:?}");
+            assert_eq!(
+                block.value & !block.mask,
+                0,
+                "value has bits outside the mask: {block:?}"
+            );
+            assert_eq!(
+                block.mask.leading_ones() + block.mask.trailing_zeros(),
+                16,
+                "mask is not a prefix: {block:?}"
+            );
         }
         for port in 0..=u16::MAX {
             let hits = blocks.iter().filter(|b| b.contains(port)).count();
             let expected = usize::from((start..=end).contains(&port));
-            assert_eq!(hits, expected, "port {port} matched by {hits} blocks for {start}-{end}: {blocks:?}");
+            assert_eq!(
+                hits, expected,
+                "port {port} matched by {hits} blocks for {start}-{end}: {blocks:?}"
+            );
         }
     }
 
     #[test]
     fn display_is_what_ovs_ofctl_takes() {
-        assert_eq!(PortBlock { value: 0x2710, mask: 0xfff0 }.to_string(), "0x2710/0xfff0");
-        assert_eq!(PortBlock { value: 10000, mask: 0xffff }.to_string(), "10000");
+        assert_eq!(
+            PortBlock {
+                value: 0x2710,
+                mask: 0xfff0
+            }
+            .to_string(),
+            "0x2710/0xfff0"
+        );
+        assert_eq!(
+            PortBlock {
+                value: 10000,
+                mask: 0xffff
+            }
+            .to_string(),
+            "10000"
+        );
         assert_eq!(PortBlock { value: 0, mask: 0 }.to_string(), "0x0/0x0");
     }
 
     #[test]
     fn known_covers() {
-        assert_eq!(cover(10000, 10015), vec![PortBlock { value: 10000, mask: 0xfff0 }]);
-        assert_eq!(cover(80, 80), vec![PortBlock { value: 80, mask: 0xffff }]);
+        assert_eq!(
+            cover(10000, 10015),
+            vec![PortBlock {
+                value: 10000,
+                mask: 0xfff0
+            }]
+        );
+        assert_eq!(
+            cover(80, 80),
+            vec![PortBlock {
+                value: 80,
+                mask: 0xffff
+            }]
+        );
         let text: Vec<String> = cover(1000, 1999).iter().map(|b| b.to_string()).collect();
         assert_eq!(
             text,
-            ["0x3e8/0xfff8", "0x3f0/0xfff0", "0x400/0xfe00", "0x600/0xff00", "0x700/0xff80", "0x780/0xffc0", "0x7c0/0xfff0"]
+            [
+                "0x3e8/0xfff8",
+                "0x3f0/0xfff0",
+                "0x400/0xfe00",
+                "0x600/0xff00",
+                "0x700/0xff80",
+                "0x780/0xffc0",
+                "0x7c0/0xfff0"
+            ]
         );
         assert_eq!(cover(0, u16::MAX), vec![PortBlock { value: 0, mask: 0 }]);
         assert_eq!(cover(2, 1), vec![]);
@@ -145,9 +197,15 @@ mod tests {
 
     #[test]
     fn block_bounds() {
-        let block = PortBlock { value: 0x2710, mask: 0xfff0 };
-        assert_eq!((block.first(), block.last(), block.len()), (10000, 10015, 16));
-        assert_eq!(PortBlock { value: 0, mask: 0 }.len(), 65536);
+        let block = PortBlock {
+            value: 0x2710,
+            mask: 0xfff0,
+        };
+        assert_eq!(
+            (block.first(), block.last(), block.port_count()),
+            (10000, 10015, 16)
+        );
+        assert_eq!(PortBlock { value: 0, mask: 0 }.port_count(), 65536);
     }
 
     fn span() -> impl Strategy<Value = (u16, u16)> {

@@ -23,7 +23,10 @@ pub fn matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
             .all(|requirement| requirement_holds(requirement, labels))
 }
 
-fn requirement_holds(requirement: &LabelSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
+fn requirement_holds(
+    requirement: &LabelSelectorRequirement,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     let label = labels.get(&requirement.key);
     let listed = |value: &String| requirement.values.iter().flatten().any(|v| v == value);
     match requirement.operator.as_str() {
@@ -117,7 +120,10 @@ mod tests {
             match_labels: Some(labels(&[("app", "web"), ("tier", "front")])),
             match_expressions: None,
         };
-        assert!(matches(&sel, &labels(&[("app", "web"), ("tier", "front"), ("x", "y")])));
+        assert!(matches(
+            &sel,
+            &labels(&[("app", "web"), ("tier", "front"), ("x", "y")])
+        ));
         assert!(!matches(&sel, &labels(&[("app", "web")])));
         assert!(!matches(&sel, &labels(&[("app", "web"), ("tier", "back")])));
     }
@@ -167,7 +173,9 @@ mod tests {
         let problems = selector_problems(&sel);
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].0, "matchExpressions[0].operator");
-        assert!(problems[0].1.contains("use In, NotIn, Exists or DoesNotExist"));
+        assert!(problems[0]
+            .1
+            .contains("use In, NotIn, Exists or DoesNotExist"));
     }
 
     #[test]
@@ -178,7 +186,10 @@ mod tests {
             requirement("", "DoesNotExist", &[]),
             requirement("d", "NotIn", &["y"]),
         ]);
-        let paths: Vec<String> = selector_problems(&sel).into_iter().map(|(p, _)| p).collect();
+        let paths: Vec<String> = selector_problems(&sel)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
         assert_eq!(
             paths,
             [

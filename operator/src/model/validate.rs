@@ -48,7 +48,7 @@ impl fmt::Display for ValidationError {
 /// Longest Linux interface name (IFNAMSIZ less the terminating NUL).
 const MAX_INTERFACE_NAME: usize = 15;
 
-/// Checks `range` on its own (conflicts with other ranges are [`arbitrate`](super::arbitrate)'s
+/// Checks `range` on its own (conflicts with other ranges are [`arbitrate`](super::arbitrate::arbitrate)'s
 /// business): a name, a well-formed selector, at least one port span, spans within 1-65535
 /// and in order, no span overlapping or repeating another of the same protocol, and uplink
 /// names that Linux would accept, each listed once.
@@ -57,7 +57,10 @@ pub fn validate(range: &PortRange) -> Result<(), ValidationError> {
     let mut problem = |path: String, message: String| problems.push(Problem { path, message });
 
     if range.metadata.name.as_deref().unwrap_or("").is_empty() {
-        problem("metadata.name".into(), "missing: give the PortRange a name".into());
+        problem(
+            "metadata.name".into(),
+            "missing: give the PortRange a name".into(),
+        );
     }
     for (path, message) in selector_problems(&range.spec.selector) {
         problem(format!("spec.selector.{path}"), message);
@@ -65,22 +68,35 @@ pub fn validate(range: &PortRange) -> Result<(), ValidationError> {
 
     let ports = &range.spec.ports;
     if ports.is_empty() {
-        problem("spec.ports".into(), "the list is empty: list at least one port span".into());
+        problem(
+            "spec.ports".into(),
+            "the list is empty: list at least one port span".into(),
+        );
     }
     for (index, span) in ports.iter().enumerate() {
-        let start_ok = port_problem(span.start).map(|m| problem(format!("spec.ports[{index}].start"), m)).is_none();
-        let end_ok = port_problem(span.end).map(|m| problem(format!("spec.ports[{index}].end"), m)).is_none();
+        let start_ok = port_problem(span.start)
+            .map(|m| problem(format!("spec.ports[{index}].start"), m))
+            .is_none();
+        let end_ok = port_problem(span.end)
+            .map(|m| problem(format!("spec.ports[{index}].end"), m))
+            .is_none();
         if start_ok && end_ok && span.start > span.end {
             problem(
                 format!("spec.ports[{index}]"),
-                format!("start {} is greater than end {}: swap them", span.start, span.end),
+                format!(
+                    "start {} is greater than end {}: swap them",
+                    span.start, span.end
+                ),
             );
         }
     }
     for (earlier, later) in conflicting_spans(ports) {
         let (a, b) = (&ports[later], &ports[earlier]);
         let message = if a == b {
-            format!("duplicates spec.ports[{earlier}] ({}): remove one", describe(a))
+            format!(
+                "duplicates spec.ports[{earlier}] ({}): remove one",
+                describe(a)
+            )
         } else {
             format!(
                 "overlaps spec.ports[{earlier}] ({} vs {}-{}): merge or split them",
@@ -109,7 +125,10 @@ pub fn validate(range: &PortRange) -> Result<(), ValidationError> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(ValidationError { object: ObjectKey::of(range), problems })
+        Err(ValidationError {
+            object: ObjectKey::of(range),
+            problems,
+        })
     }
 }
 
@@ -136,12 +155,18 @@ fn conflicting_spans(ports: &[PortSpan]) -> Vec<(usize, usize)> {
             .iter()
             .enumerate()
             .filter(|(_, span)| span.protocol == protocol)
-            .filter_map(|(index, span)| super::overlap::valid_ports(span).map(|ports| (index, ports)))
+            .filter_map(|(index, span)| {
+                super::overlap::valid_ports(span).map(|ports| (index, ports))
+            })
             .unzip();
-        conflicts.extend(overlapping_interval_pairs(&intervals).into_iter().map(|(a, b)| {
-            let (a, b) = (indices[a], indices[b]);
-            (a.min(b), a.max(b))
-        }));
+        conflicts.extend(
+            overlapping_interval_pairs(&intervals)
+                .into_iter()
+                .map(|(a, b)| {
+                    let (a, b) = (indices[a], indices[b]);
+                    (a.min(b), a.max(b))
+                }),
+        );
     }
     conflicts.sort_by_key(|&(earlier, later)| (later, earlier));
     conflicts
@@ -154,7 +179,10 @@ fn interface_name_problem(name: &str) -> Option<String> {
         Some(format!("{name:?} is not an interface name: {fix}"))
     } else if name.len() > MAX_INTERFACE_NAME {
         Some(format!("{name:?} is longer than 15 bytes: {fix}"))
-    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         Some(format!("{name:?} contains '/', ':' or whitespace: {fix}"))
     } else {
         None
@@ -168,7 +196,11 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
     fn span(protocol: Protocol, start: u32, end: u32) -> PortSpan {
-        PortSpan { protocol, start, end }
+        PortSpan {
+            protocol,
+            start,
+            end,
+        }
     }
 
     fn range(ports: Vec<PortSpan>, uplinks: &[&str]) -> PortRange {
@@ -194,7 +226,11 @@ mod tests {
     #[test]
     fn a_sound_range_passes() {
         let ok = range(
-            vec![span(Protocol::Tcp, 10000, 10015), span(Protocol::Udp, 10000, 10015), span(Protocol::Tcp, 80, 80)],
+            vec![
+                span(Protocol::Tcp, 10000, 10015),
+                span(Protocol::Udp, 10000, 10015),
+                span(Protocol::Tcp, 80, 80),
+            ],
             &["eth0", "bond0.100"],
         );
         assert_eq!(validate(&ok), Ok(()));
@@ -228,13 +264,19 @@ mod tests {
 
     #[test]
     fn same_ports_on_other_protocol_are_fine() {
-        let ok = range(vec![span(Protocol::Tcp, 53, 53), span(Protocol::Udp, 53, 53)], &[]);
+        let ok = range(
+            vec![span(Protocol::Tcp, 53, 53), span(Protocol::Udp, 53, 53)],
+            &[],
+        );
         assert_eq!(problems(&ok), Vec::<String>::new());
     }
 
     #[test]
     fn empty_ports_and_bad_uplinks_are_refused() {
-        let bad = range(vec![], &["eth0", "", "eth0", "a-very-long-interface", "br/0"]);
+        let bad = range(
+            vec![],
+            &["eth0", "", "eth0", "a-very-long-interface", "br/0"],
+        );
         assert_eq!(
             problems(&bad),
             [
@@ -271,6 +313,7 @@ mod tests {
         let found = problems(&bad);
         assert_eq!(found.len(), 2, "{found:?}");
         assert!(found[0].starts_with("metadata.name: missing"));
-        assert!(found[1].starts_with("spec.selector.matchExpressions[0].operator: unknown operator \"Is\""));
+        assert!(found[1]
+            .starts_with("spec.selector.matchExpressions[0].operator: unknown operator \"Is\""));
     }
 }

@@ -1,0 +1,28 @@
+//! Shared by the root tests: a testbed with the real binaries, and PortRange documents.
+
+#![allow(dead_code)]
+
+use portiso::testbed::Testbed;
+use std::path::Path;
+
+/// A testbed named `tag` with the agent started and `ranges` in rangesDir.
+pub fn testbed(tag: &str, ranges: &str) -> Testbed {
+    let mut tb = Testbed::new(tag, Path::new(env!("CARGO_BIN_EXE_portiso"))).expect("testbed");
+    tb.write_ranges("ranges.yaml", ranges).expect("write ranges");
+    tb.start_agent().expect("agent starts");
+    tb
+}
+
+/// A PortRange selecting the standalone sandbox `sandbox`.
+pub fn portrange(name: &str, sandbox: &str, ports: &[(&str, u16, u16)], uplinks: &[&str]) -> String {
+    let mut y = format!(
+        "---\napiVersion: portiso.io/v1alpha1\nkind: PortRange\nmetadata:\n  name: {name}\nspec:\n  selector:\n    matchLabels:\n      portiso.io/sandbox: {sandbox}\n  ports:\n"
+    );
+    for (p, s, e) in ports {
+        y += &format!("    - {{protocol: {p}, start: {s}, end: {e}}}\n");
+    }
+    if !uplinks.is_empty() {
+        y += &format!("  uplinks: [{}]\n", uplinks.join(", "));
+    }
+    y
+}
