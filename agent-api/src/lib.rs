@@ -56,7 +56,9 @@ pub enum Request {
     Check(AttachRequest),
     Del(DetachRequest),
     /// Is the agent ready to attach sandboxes to this uplink? (CNI STATUS)
-    Status { uplink: String },
+    Status {
+        uplink: String,
+    },
     /// Remove every attachment on this uplink that is not in `valid` (CNI GC).
     Gc {
         uplink: String,
@@ -123,7 +125,9 @@ pub enum Response {
 /// Why a call to the agent failed before it could answer.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    #[error("the portiso agent is unreachable at {socket}: {source} (is `portiso agent` running?)")]
+    #[error(
+        "the portiso agent is unreachable at {socket}: {source} (is `portiso agent` running?)"
+    )]
     Unreachable {
         socket: String,
         source: std::io::Error,
@@ -140,8 +144,12 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
         source,
     };
     let mut stream = UnixStream::connect(socket).map_err(unreachable)?;
-    stream.set_read_timeout(Some(timeout)).map_err(unreachable)?;
-    stream.set_write_timeout(Some(timeout)).map_err(unreachable)?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(unreachable)?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(unreachable)?;
     let mut line = serde_json::to_vec(request).map_err(|e| CallError::BadAnswer {
         socket: name.clone(),
         detail: e.to_string(),

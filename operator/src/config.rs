@@ -134,8 +134,7 @@ impl AgentConfig {
         let mut reserved = Vec::new();
         for (i, span) in raw.reserved_host_ports.iter().enumerate() {
             reserved.push(
-                parse_port_span(span)
-                    .map_err(|p| invalid(format!("reservedHostPorts[{i}]"), p))?,
+                parse_port_span(span).map_err(|p| invalid(format!("reservedHostPorts[{i}]"), p))?,
             );
         }
         Ok(AgentConfig {
@@ -160,12 +159,19 @@ fn parse_uplink(u: &RawUplink, i: usize) -> Result<UplinkConfig, (String, String
     let field = |f: &str| format!("uplinks[{i}].{f}");
     // Linux interface names are at most 15 bytes and cannot hold '/' or whitespace.
     let ifname_ok = |n: &str| {
-        !n.is_empty() && n.len() <= 15 && !n.contains(['/', ' ', '\t', '\n']) && n != "." && n != ".."
+        !n.is_empty()
+            && n.len() <= 15
+            && !n.contains(['/', ' ', '\t', '\n'])
+            && n != "."
+            && n != ".."
     };
     if !ifname_ok(&u.name) {
         return Err((
             field("name"),
-            format!("{:?} is not a network interface name (1-15 characters, no '/' or spaces)", u.name),
+            format!(
+                "{:?} is not a network interface name (1-15 characters, no '/' or spaces)",
+                u.name
+            ),
         ));
     }
     let bridge = u.bridge.clone().unwrap_or_else(|| {
@@ -182,24 +188,37 @@ fn parse_uplink(u: &RawUplink, i: usize) -> Result<UplinkConfig, (String, String
     let (addr, prefix) = u.address.split_once('/').ok_or_else(|| {
         (
             field("address"),
-            format!("{:?} has no prefix length: write it as ADDRESS/PREFIX, e.g. 198.51.100.1/24", u.address),
+            format!(
+                "{:?} has no prefix length: write it as ADDRESS/PREFIX, e.g. 198.51.100.1/24",
+                u.address
+            ),
         )
     })?;
     let address: Ipv4Addr = addr.parse().map_err(|_| {
         (
             field("address"),
-            format!("{addr:?} is not an IPv4 address: write it as ADDRESS/PREFIX, e.g. 198.51.100.1/24"),
+            format!(
+                "{addr:?} is not an IPv4 address: write it as ADDRESS/PREFIX, e.g. 198.51.100.1/24"
+            ),
         )
     })?;
     let prefix_len: u8 = prefix
         .parse()
         .ok()
         .filter(|p| (1..=32).contains(p))
-        .ok_or_else(|| (field("address"), format!("prefix length {prefix:?} must be 1-32")))?;
+        .ok_or_else(|| {
+            (
+                field("address"),
+                format!("prefix length {prefix:?} must be 1-32"),
+            )
+        })?;
     let gateway = match &u.gateway {
         None => None,
         Some(g) => Some(g.parse::<Ipv4Addr>().map_err(|_| {
-            (field("gateway"), format!("{g:?} is not an IPv4 address, e.g. 198.51.100.254"))
+            (
+                field("gateway"),
+                format!("{g:?} is not an IPv4 address, e.g. 198.51.100.254"),
+            )
         })?),
     };
     Ok(UplinkConfig {
@@ -265,13 +284,20 @@ socket: /run/portiso/agent.sock
     #[test]
     fn errors_name_the_field_and_the_fix() {
         let e = err("uplinks: [{name: eth1, address: 198.51.100.1}]");
-        assert!(e.contains("uplinks[0].address") && e.contains("ADDRESS/PREFIX"), "{e}");
+        assert!(
+            e.contains("uplinks[0].address") && e.contains("ADDRESS/PREFIX"),
+            "{e}"
+        );
         let e = err("uplinks: [{name: eth1, address: 198.51.100.300/24}]");
         assert!(e.contains("uplinks[0].address"), "{e}");
         let e = err("uplinks: [{name: eth1, address: 198.51.100.1/24, gateway: x}]");
         assert!(e.contains("uplinks[0].gateway"), "{e}");
-        let e = err("uplinks: [{name: eth1, address: 198.51.100.1/24}]\nreservedHostPorts: [\"9-1\"]");
-        assert!(e.contains("reservedHostPorts[0]") && e.contains("swap"), "{e}");
+        let e =
+            err("uplinks: [{name: eth1, address: 198.51.100.1/24}]\nreservedHostPorts: [\"9-1\"]");
+        assert!(
+            e.contains("reservedHostPorts[0]") && e.contains("swap"),
+            "{e}"
+        );
         let e = err("uplinks: []");
         assert!(e.contains("uplinks") && e.contains("at least one"), "{e}");
         let e = err("uplinks: [{name: eth1, address: 198.51.100.1/24}]\nreservedHostPort: []");

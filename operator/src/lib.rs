@@ -11,10 +11,10 @@
 
 pub mod agent;
 pub mod config;
+pub mod demo;
 pub mod exec;
 pub mod flows;
 pub mod link;
 pub mod model;
 pub mod ovs;
-pub mod demo;
 pub mod testbed;

@@ -58,26 +58,44 @@ fn create_inner(l: &SandboxLink) -> Result<(), ExecError> {
     let tmp = format!("pt{}", &l.host_if[2..]);
     run(
         "ip",
-        &["link", "add", l.host_if, "type", "veth", "peer", "name", &tmp, "netns", l.netns],
+        &[
+            "link", "add", l.host_if, "type", "veth", "peer", "name", &tmp, "netns", l.netns,
+        ],
     )?;
-    in_netns(l.netns, "ip", &["link", "set", &tmp, "name", l.ifname, "address", l.mac])?;
+    in_netns(
+        l.netns,
+        "ip",
+        &["link", "set", &tmp, "name", l.ifname, "address", l.mac],
+    )?;
     // IPv6 would make the sandbox send neighbour discovery as its own; portiso shares IPv4.
     let _ = in_netns(
         l.netns,
         "sysctl",
-        &["-q", "-w", &format!("net.ipv6.conf.{}.disable_ipv6=1", l.ifname)],
+        &[
+            "-q",
+            "-w",
+            &format!("net.ipv6.conf.{}.disable_ipv6=1", l.ifname),
+        ],
     );
     in_netns(l.netns, "ip", &["addr", "add", l.cidr, "dev", l.ifname])?;
     in_netns(l.netns, "ip", &["link", "set", "lo", "up"])?;
     in_netns(l.netns, "ip", &["link", "set", l.ifname, "up"])?;
     if let Some(gw) = &l.gateway {
-        in_netns(l.netns, "ip", &["route", "replace", "default", "via", gw, "dev", l.ifname])?;
+        in_netns(
+            l.netns,
+            "ip",
+            &["route", "replace", "default", "via", gw, "dev", l.ifname],
+        )?;
     }
     if let Some((lo, hi)) = l.local_ports {
         in_netns(
             l.netns,
             "sysctl",
-            &["-q", "-w", &format!("net.ipv4.ip_local_port_range={lo} {hi}")],
+            &[
+                "-q",
+                "-w",
+                &format!("net.ipv4.ip_local_port_range={lo} {hi}"),
+            ],
         )?;
     }
     if l.checksum_offload_off {
@@ -112,9 +130,11 @@ pub fn sandbox_has(netns: &str, ifname: &str) -> bool {
 
 /// The MAC of an interface in the agent's namespace.
 pub fn mac_of(ifname: &str) -> std::io::Result<String> {
-    Ok(std::fs::read_to_string(format!("/sys/class/net/{ifname}/address"))?
-        .trim()
-        .to_string())
+    Ok(
+        std::fs::read_to_string(format!("/sys/class/net/{ifname}/address"))?
+            .trim()
+            .to_string(),
+    )
 }
 
 /// Moves the uplink's address to the bridge's internal port, with the default route if it went
@@ -134,7 +154,10 @@ pub fn move_address(uplink: &str, bridge: &str, cidr: &str) -> Result<(), ExecEr
     run("ip", &["link", "set", uplink, "up"])?;
     run("ip", &["link", "set", bridge, "up"])?;
     if let Some(gw) = gateway {
-        run("ip", &["route", "replace", "default", "via", &gw, "dev", bridge])?;
+        run(
+            "ip",
+            &["route", "replace", "default", "via", &gw, "dev", bridge],
+        )?;
     }
     Ok(())
 }
@@ -148,13 +171,24 @@ pub fn move_address(uplink: &str, bridge: &str, cidr: &str) -> Result<(), ExecEr
 pub fn isolate_from_host_stack(ifname: &str) -> Result<(), ExecError> {
     run("nft", &["add", "table", "netdev", NFT_TABLE])?;
     let chain = format!("in-{ifname}");
-    let spec = format!("{{ type filter hook ingress device \"{ifname}\" priority -500 ; policy drop ; }}");
+    let spec =
+        format!("{{ type filter hook ingress device \"{ifname}\" priority -500 ; policy drop ; }}");
     run("nft", &["add", "chain", "netdev", NFT_TABLE, &chain, &spec]).map(|_| ())
 }
 
 /// Whether the interface already has its chain (a restarted agent must not add a second one).
 pub fn is_isolated(ifname: &str) -> bool {
-    run("nft", &["list", "chain", "netdev", NFT_TABLE, &format!("in-{ifname}")]).is_ok()
+    run(
+        "nft",
+        &[
+            "list",
+            "chain",
+            "netdev",
+            NFT_TABLE,
+            &format!("in-{ifname}"),
+        ],
+    )
+    .is_ok()
 }
 
 /// Removes the chain of [`isolate_from_host_stack`]; gone already is fine.

@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "portiso", version, about = "Many sandboxes, one IPv4 address and MAC, isolated by port range on Open vSwitch")]
+#[command(
+    name = "portiso",
+    version,
+    about = "Many sandboxes, one IPv4 address and MAC, isolated by port range on Open vSwitch"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,6 +36,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Agent { config } => {

@@ -6,7 +6,9 @@ use super::Agent;
 use crate::link::{self, SandboxLink};
 use crate::model::ObjectKey;
 use crate::ovs::bridge as ovsdb;
-use portiso_agent_api::{code, AgentError, Attached, AttachRequest, AttachmentKey, DetachRequest, Request, Response};
+use portiso_agent_api::{
+    code, AgentError, AttachRequest, Attached, AttachmentKey, DetachRequest, Request, Response,
+};
 
 impl Agent {
     /// Answers one request from the CNI plugin.
@@ -36,7 +38,9 @@ impl Agent {
     }
 
     fn attached(&self, a: &Attachment) -> Attached {
-        let u = self.uplink(&a.uplink).expect("attachments only exist on known uplinks");
+        let u = self
+            .uplink(&a.uplink)
+            .expect("attachments only exist on known uplinks");
         let owners = state::owners(&self.accepted, &self.attachments);
         Attached {
             ifname: a.key.ifname.clone(),
@@ -60,18 +64,28 @@ impl Agent {
         if !std::path::Path::new(&r.netns).exists() {
             return Err(AgentError::new(
                 code::INTERNAL,
-                format!("network namespace {:?} does not exist: the runtime must create it before ADD", r.netns),
+                format!(
+                    "network namespace {:?} does not exist: the runtime must create it before ADD",
+                    r.netns
+                ),
             ));
         }
         let sandbox = format!("{}/{}", r.sandbox_namespace, r.sandbox_name);
-        let labels = std::collections::BTreeMap::from([(state::SANDBOX_LABEL.to_string(), r.sandbox_name.clone())]);
+        let labels = std::collections::BTreeMap::from([(
+            state::SANDBOX_LABEL.to_string(),
+            r.sandbox_name.clone(),
+        )]);
         let selecting: Vec<_> = self
             .accepted
             .iter()
             .filter(|pr| state::selects(pr, &r.sandbox_namespace, &labels, &r.uplink))
             .collect();
         if selecting.is_empty() {
-            let refused: Vec<String> = self.refused.iter().map(|(k, why)| format!("{k} ({why})")).collect();
+            let refused: Vec<String> = self
+                .refused
+                .iter()
+                .map(|(k, why)| format!("{k} ({why})"))
+                .collect();
             return Err(AgentError {
                 code: code::INTERNAL,
                 msg: format!(
@@ -116,7 +130,12 @@ impl Agent {
             checksum_offload_off: self.datapath_type == "netdev",
             isolate_host_end: self.datapath_type == "netdev",
         })
-        .map_err(|e| AgentError::new(code::INTERNAL, format!("could not create the interface of {sandbox}: {e}")))?;
+        .map_err(|e| {
+            AgentError::new(
+                code::INTERNAL,
+                format!("could not create the interface of {sandbox}: {e}"),
+            )
+        })?;
 
         let ids = [
             (ovsdb::EXT_CONTAINER, r.key.container_id.as_str()),
@@ -127,12 +146,20 @@ impl Agent {
         ];
         let undo_link = |e: String| {
             let _ = link::delete(&host_if);
-            AgentError::new(code::INTERNAL, format!("could not attach {sandbox} to bridge {}: {e}", uplink.config.bridge))
+            AgentError::new(
+                code::INTERNAL,
+                format!(
+                    "could not attach {sandbox} to bridge {}: {e}",
+                    uplink.config.bridge
+                ),
+            )
         };
-        let ofport = ovsdb::add_sandbox_port(self.ovs.as_ref(), &uplink.config.bridge, &host_if, &ids).map_err(|e| {
-            let _ = ovsdb::del_port(self.ovs.as_ref(), &uplink.config.bridge, &host_if);
-            undo_link(e.to_string())
-        })?;
+        let ofport =
+            ovsdb::add_sandbox_port(self.ovs.as_ref(), &uplink.config.bridge, &host_if, &ids)
+                .map_err(|e| {
+                    let _ = ovsdb::del_port(self.ovs.as_ref(), &uplink.config.bridge, &host_if);
+                    undo_link(e.to_string())
+                })?;
         let attachment = Attachment {
             key: r.key.clone(),
             uplink: r.uplink.clone(),
@@ -155,16 +182,28 @@ impl Agent {
 
     fn check(&self, r: &AttachRequest) -> Result<(), AgentError> {
         self.known_uplink(&r.uplink)?;
-        let a = self.find(&r.key).map(|i| &self.attachments[i]).ok_or_else(|| {
-            AgentError::new(
-                code::INTERNAL,
-                format!("container {} interface {} is not attached to uplink {}", r.key.container_id, r.key.ifname, r.uplink),
-            )
-        })?;
+        let a = self
+            .find(&r.key)
+            .map(|i| &self.attachments[i])
+            .ok_or_else(|| {
+                AgentError::new(
+                    code::INTERNAL,
+                    format!(
+                        "container {} interface {} is not attached to uplink {}",
+                        r.key.container_id, r.key.ifname, r.uplink
+                    ),
+                )
+            })?;
         if !link::exists(&a.host_if) || !link::sandbox_has(&a.netns, &a.key.ifname) {
             return Err(AgentError::new(
                 code::INTERNAL,
-                format!("the interface of {} is gone (host side {}, sandbox side {} in {})", a.sandbox(), a.host_if, a.key.ifname, a.netns),
+                format!(
+                    "the interface of {} is gone (host side {}, sandbox side {} in {})",
+                    a.sandbox(),
+                    a.host_if,
+                    a.key.ifname,
+                    a.netns
+                ),
             ));
         }
         Ok(())
@@ -178,19 +217,27 @@ impl Agent {
             return Ok(());
         };
         let a = self.attachments.remove(i);
-        self.detach(&a).map_err(|e| {
-            self.attachments.push(a.clone());
-            e
-        })
+        let result = self.detach(&a);
+        if result.is_err() {
+            // Keep it, so that the runtime's retry of DEL finds it again.
+            self.attachments.push(a);
+        }
+        result
     }
 
     /// Removes an attachment already taken out of `attachments`: flows first, so that no
     /// packet is sent to a port that is going away, then the port and the veth.
     fn detach(&self, a: &Attachment) -> Result<(), AgentError> {
-        let fail = |e: String| AgentError::new(code::TRY_AGAIN_LATER, format!("could not detach {}: {e}", a.sandbox()));
+        let fail = |e: String| {
+            AgentError::new(
+                code::TRY_AGAIN_LATER,
+                format!("could not detach {}: {e}", a.sandbox()),
+            )
+        };
         if let Some(u) = self.uplink(&a.uplink) {
             self.reconcile(u).map_err(|e| fail(e.to_string()))?;
-            ovsdb::del_port(self.ovs.as_ref(), &u.config.bridge, &a.host_if).map_err(|e| fail(e.to_string()))?;
+            ovsdb::del_port(self.ovs.as_ref(), &u.config.bridge, &a.host_if)
+                .map_err(|e| fail(e.to_string()))?;
         }
         link::delete(&a.host_if).map_err(|e| fail(e.to_string()))?;
         tracing::info!(sandbox = %a.sandbox(), port = %a.host_if, "sandbox detached");
@@ -199,9 +246,10 @@ impl Agent {
 
     fn gc(&mut self, uplink: &str, valid: &[AttachmentKey]) -> Result<(), AgentError> {
         self.known_uplink(uplink)?;
-        let (stale, keep): (Vec<Attachment>, Vec<Attachment>) = std::mem::take(&mut self.attachments)
-            .into_iter()
-            .partition(|a| a.uplink == uplink && !valid.contains(&a.key));
+        let (stale, keep): (Vec<Attachment>, Vec<Attachment>) =
+            std::mem::take(&mut self.attachments)
+                .into_iter()
+                .partition(|a| a.uplink == uplink && !valid.contains(&a.key));
         self.attachments = keep;
         for a in &stale {
             self.detach(a)?;

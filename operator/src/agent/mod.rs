@@ -57,7 +57,9 @@ pub fn choose_datapath(choice: DatapathChoice) -> &'static str {
     match choice {
         DatapathChoice::System => "system",
         DatapathChoice::Netdev => "netdev",
-        DatapathChoice::Auto if std::path::Path::new("/sys/module/openvswitch").exists() => "system",
+        DatapathChoice::Auto if std::path::Path::new("/sys/module/openvswitch").exists() => {
+            "system"
+        }
         DatapathChoice::Auto => "netdev",
     }
 }
@@ -74,9 +76,13 @@ impl Agent {
                 uplink: u.name.clone(),
                 detail,
             };
-            let mac = link::mac_of(&u.name)
-                .map_err(|e| fail(format!("no such network interface ({e}): check uplinks[].name")))?;
-            let uplink_ofport = ovsdb::ensure_bridge(ovs.as_ref(), &u.bridge, &u.name, &datapath_type, &mac)?;
+            let mac = link::mac_of(&u.name).map_err(|e| {
+                fail(format!(
+                    "no such network interface ({e}): check uplinks[].name"
+                ))
+            })?;
+            let uplink_ofport =
+                ovsdb::ensure_bridge(ovs.as_ref(), &u.bridge, &u.name, &datapath_type, &mac)?;
             if datapath_type == "netdev" {
                 link::checksum_offload_off(&u.name).map_err(|e| fail(e.to_string()))?;
                 if !link::is_isolated(&u.name) {

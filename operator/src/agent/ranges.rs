@@ -62,6 +62,9 @@ impl RangeFiles {
     }
 
     pub fn ranges(&self) -> Vec<PortRange> {
-        self.files.values().flat_map(|(_, r)| r.iter().cloned()).collect()
+        self.files
+            .values()
+            .flat_map(|(_, r)| r.iter().cloned())
+            .collect()
     }
 }

@@ -33,7 +33,12 @@ impl Attachment {
 }
 
 /// Whether an accepted PortRange gives ports to this sandbox on this uplink.
-pub fn selects(range: &PortRange, namespace: &str, labels: &BTreeMap<String, String>, uplink: &str) -> bool {
+pub fn selects(
+    range: &PortRange,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    uplink: &str,
+) -> bool {
     ObjectKey::of(range).namespace == namespace
         && (range.spec.uplinks.is_empty() || range.spec.uplinks.iter().any(|u| u == uplink))
         && selector::matches(&range.spec.selector, labels)

@@ -55,9 +55,24 @@ pub fn compile_bridge(s: &BridgeState) -> FlowTable {
     let mut f = vec![
         // Classification by ingress port. Anything from a sandbox port goes to the egress
         // checks; the host's own traffic is the host's business.
-        Flow::new(table::CLASSIFY, 100, format!("in_port={up}"), format!("goto_table:{}", table::FROM_UPLINK)),
-        Flow::new(table::CLASSIFY, 100, "in_port=LOCAL", format!("output:{up}")),
-        Flow::new(table::CLASSIFY, 0, "", format!("goto_table:{}", table::FROM_SANDBOX)),
+        Flow::new(
+            table::CLASSIFY,
+            100,
+            format!("in_port={up}"),
+            format!("goto_table:{}", table::FROM_UPLINK),
+        ),
+        Flow::new(
+            table::CLASSIFY,
+            100,
+            "in_port=LOCAL",
+            format!("output:{up}"),
+        ),
+        Flow::new(
+            table::CLASSIFY,
+            0,
+            "",
+            format!("goto_table:{}", table::FROM_SANDBOX),
+        ),
         // Inbound: the host answers ARP requests for the shared address (the peer must learn
         // one MAC for it, and it is the same MAC everywhere anyway).
         Flow::new(table::FROM_UPLINK, 290, "arp", "LOCAL"),
@@ -78,7 +93,12 @@ pub fn compile_bridge(s: &BridgeState) -> FlowTable {
     // ARP replies may answer a request of the host or of any sandbox: all of them get it.
     let mut arp_reply_to = vec!["LOCAL".to_string()];
     arp_reply_to.extend(s.sandboxes.iter().map(|sb| format!("output:{}", sb.ofport)));
-    f.push(Flow::new(table::FROM_UPLINK, 300, "arp,arp_op=2", arp_reply_to.join(",")));
+    f.push(Flow::new(
+        table::FROM_UPLINK,
+        300,
+        "arp,arp_op=2",
+        arp_reply_to.join(","),
+    ));
 
     for sb in &s.sandboxes {
         let p = sb.ofport;
@@ -95,7 +115,10 @@ pub fn compile_bridge(s: &BridgeState) -> FlowTable {
                 f.push(Flow::new(
                     table::FROM_SANDBOX,
                     200,
-                    format!("{},in_port={p},dl_src={mac},nw_src={ip},tp_src={block}", proto(protocol)),
+                    format!(
+                        "{},in_port={p},dl_src={mac},nw_src={ip},tp_src={block}",
+                        proto(protocol)
+                    ),
                     format!("output:{up}"),
                 ));
             }
@@ -128,7 +151,12 @@ pub fn compile_bridge(s: &BridgeState) -> FlowTable {
             format!("output:{up}"),
         ));
         // Its own drop rule, so drops are counted per sandbox.
-        f.push(Flow::new(table::FROM_SANDBOX, 10, format!("in_port={p}"), "drop"));
+        f.push(Flow::new(
+            table::FROM_SANDBOX,
+            10,
+            format!("in_port={p}"),
+            "drop",
+        ));
     }
     FlowTable::new(f)
 }

@@ -21,7 +21,12 @@ pub struct Flow {
 }
 
 impl Flow {
-    pub fn new(table: u8, priority: u16, matches: impl Into<String>, actions: impl Into<String>) -> Self {
+    pub fn new(
+        table: u8,
+        priority: u16,
+        matches: impl Into<String>,
+        actions: impl Into<String>,
+    ) -> Self {
         Self {
             table,
             priority,

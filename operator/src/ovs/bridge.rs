@@ -66,7 +66,10 @@ pub fn port_ofport(ovs: &dyn OvsExec, iface: &str) -> Result<u32, OvsError> {
     Err(OvsError {
         argv: format!("ovs-vsctl get Interface {iface} ofport"),
         status: "no port number after 5 s".into(),
-        stderr: format!("last answer {:?}; see ovs-vswitchd's log for why the port did not open", last.trim()),
+        stderr: format!(
+            "last answer {:?}; see ovs-vswitchd's log for why the port did not open",
+            last.trim()
+        ),
     })
 }
 
@@ -114,7 +117,12 @@ fn parse_interface_row(json: &str) -> Option<(i64, BTreeMap<String, String>)> {
     let pairs = row.get(1)?.get(1)?.as_array()?;
     let ids = pairs
         .iter()
-        .filter_map(|p| Some((p.get(0)?.as_str()?.to_string(), p.get(1)?.as_str()?.to_string())))
+        .filter_map(|p| {
+            Some((
+                p.get(0)?.as_str()?.to_string(),
+                p.get(1)?.as_str()?.to_string(),
+            ))
+        })
         .collect();
     Some((ofport, ids))
 }
@@ -138,7 +146,10 @@ pub fn add_sandbox_port(
         format!("external_ids:{EXT_ROLE}=sandbox"),
     ];
     // Values are quoted: OVSDB would otherwise read ':' or '/' in them as syntax.
-    args.extend(ids.iter().map(|(k, v)| format!("external_ids:{k}={}", quote(v))));
+    args.extend(
+        ids.iter()
+            .map(|(k, v)| format!("external_ids:{k}={}", quote(v))),
+    );
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     ovs.vsctl(&argv)?;
     port_ofport(ovs, iface)
@@ -146,7 +157,8 @@ pub fn add_sandbox_port(
 
 /// Removes a port; a port that is already gone is fine.
 pub fn del_port(ovs: &dyn OvsExec, bridge: &str, iface: &str) -> Result<(), OvsError> {
-    ovs.vsctl(&["--if-exists", "del-port", bridge, iface]).map(|_| ())
+    ovs.vsctl(&["--if-exists", "del-port", bridge, iface])
+        .map(|_| ())
 }
 
 fn quote(v: &str) -> String {

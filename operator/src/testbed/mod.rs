@@ -37,6 +37,13 @@ impl TestUplink {
     }
 }
 
+/// Where a probe landed, and whether the answer made it back to the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub landed: Vec<String>,
+    pub answered: bool,
+}
+
 pub struct Testbed {
     pub name: String,
     pub dir: PathBuf,
@@ -77,7 +84,11 @@ impl Testbed {
     pub fn new(name: &str, portiso_bin: &Path) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("portiso-testbed-{name}"));
         let cni_bin = portiso_bin.with_file_name("portiso-cni");
-        anyhow::ensure!(cni_bin.exists(), "portiso-cni not found beside {}: build the workspace first", portiso_bin.display());
+        anyhow::ensure!(
+            cni_bin.exists(),
+            "portiso-cni not found beside {}: build the workspace first",
+            portiso_bin.display()
+        );
         let tb = Testbed {
             name: name.into(),
             node: format!("{name}-node"),
@@ -101,11 +112,33 @@ impl Testbed {
         self.start_ovs()?;
         for u in &self.uplinks {
             let peer_if = u.name.replace("up", "eth");
-            run("ip", &["link", "add", &u.name, "netns", &self.node, "type", "veth", "peer", "name", &peer_if, "netns", &self.outside])?;
+            run(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    &u.name,
+                    "netns",
+                    &self.node,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &peer_if,
+                    "netns",
+                    &self.outside,
+                ],
+            )?;
             // The node's address starts on its NIC, as on a real machine; the agent moves it.
-            self.node_cmd("ip", &["addr", "add", &format!("{}/24", u.shared), "dev", &u.name])?;
+            self.node_cmd(
+                "ip",
+                &["addr", "add", &format!("{}/24", u.shared), "dev", &u.name],
+            )?;
             self.node_cmd("ip", &["link", "set", &u.name, "up"])?;
-            self.out_cmd("ip", &["addr", "add", &format!("{}/24", u.peer), "dev", &peer_if])?;
+            self.out_cmd(
+                "ip",
+                &["addr", "add", &format!("{}/24", u.peer), "dev", &peer_if],
+            )?;
             self.out_cmd("ip", &["link", "set", &peer_if, "up"])?;
             // The peer's checksums must be real too (the userspace datapath does not fill them).
             self.out_cmd("ethtool", &["-K", &peer_if, "tx", "off"])?;
@@ -117,7 +150,12 @@ impl Testbed {
 
     fn ovs_env(&self) -> Vec<(&'static str, String)> {
         let d = self.dir.display().to_string();
-        vec![("OVS_RUNDIR", d.clone()), ("OVS_DBDIR", d.clone()), ("OVS_LOGDIR", d.clone()), ("OVS_SYSCONFDIR", d)]
+        vec![
+            ("OVS_RUNDIR", d.clone()),
+            ("OVS_DBDIR", d.clone()),
+            ("OVS_LOGDIR", d.clone()),
+            ("OVS_SYSCONFDIR", d),
+        ]
     }
 
     /// Runs a command in the node namespace with the private OVS in its environment.
@@ -138,17 +176,31 @@ impl Testbed {
     fn start_ovs(&self) -> anyhow::Result<()> {
         let d = self.dir.display().to_string();
         let db = format!("{d}/conf.db");
-        run("ovsdb-tool", &["create", &db, "/usr/share/openvswitch/vswitch.ovsschema"])?;
+        run(
+            "ovsdb-tool",
+            &["create", &db, "/usr/share/openvswitch/vswitch.ovsschema"],
+        )?;
         self.node_cmd(
             "ovsdb-server",
-            &[&db, &format!("--remote=punix:{d}/db.sock"), &format!("--pidfile={d}/ovsdb-server.pid"),
-              &format!("--unixctl={d}/ovsdb-server.ctl"), &format!("--log-file={d}/ovsdb-server.log"), "--detach"],
+            &[
+                &db,
+                &format!("--remote=punix:{d}/db.sock"),
+                &format!("--pidfile={d}/ovsdb-server.pid"),
+                &format!("--unixctl={d}/ovsdb-server.ctl"),
+                &format!("--log-file={d}/ovsdb-server.log"),
+                "--detach",
+            ],
         )?;
         self.node_cmd("ovs-vsctl", &["--no-wait", "init"])?;
         self.node_cmd(
             "ovs-vswitchd",
-            &[&format!("unix:{d}/db.sock"), &format!("--pidfile={d}/ovs-vswitchd.pid"),
-              &format!("--unixctl={d}/ovs-vswitchd.ctl"), &format!("--log-file={d}/ovs-vswitchd.log"), "--detach"],
+            &[
+                &format!("unix:{d}/db.sock"),
+                &format!("--pidfile={d}/ovs-vswitchd.pid"),
+                &format!("--unixctl={d}/ovs-vswitchd.ctl"),
+                &format!("--log-file={d}/ovs-vswitchd.log"),
+                "--detach",
+            ],
         )?;
         Ok(())
     }
@@ -157,7 +209,10 @@ impl Testbed {
     pub fn agent_config(&self) -> String {
         let mut y = String::from("uplinks:\n");
         for u in &self.uplinks {
-            y += &format!("  - name: {}\n    bridge: {}\n    address: {}/24\n    gateway: {}\n", u.name, u.bridge, u.shared, u.peer);
+            y += &format!(
+                "  - name: {}\n    bridge: {}\n    address: {}/24\n    gateway: {}\n",
+                u.name, u.bridge, u.shared, u.peer
+            );
         }
         y += &format!(
             "reservedHostPorts: [\"{RESERVED_HOST_PORTS}\"]\nrangesDir: {}\nsocket: {}\n",
@@ -175,7 +230,10 @@ impl Testbed {
     pub fn start_agent(&mut self) -> anyhow::Result<()> {
         let config = self.dir.join("agent.yaml");
         std::fs::write(&config, self.agent_config())?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.node])
             .arg(&self.portiso_bin)
@@ -190,19 +248,27 @@ impl Testbed {
         loop {
             let status = portiso_agent_api::call(
                 &self.socket(),
-                &portiso_agent_api::Request::Status { uplink: self.uplinks[0].name.clone() },
+                &portiso_agent_api::Request::Status {
+                    uplink: self.uplinks[0].name.clone(),
+                },
                 Duration::from_secs(2),
             );
             if matches!(status, Ok(portiso_agent_api::Response::Done)) {
                 break;
             }
             if let Some(exit) = child.try_wait()? {
-                anyhow::bail!("portiso agent exited ({exit}); its log:\n{}", self.agent_log());
+                anyhow::bail!(
+                    "portiso agent exited ({exit}); its log:\n{}",
+                    self.agent_log()
+                );
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                anyhow::bail!("portiso agent did not answer within 20 s; its log:\n{}", self.agent_log());
+                anyhow::bail!(
+                    "portiso agent did not answer within 20 s; its log:\n{}",
+                    self.agent_log()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -245,7 +311,14 @@ impl Testbed {
 
     /// Runs portiso-cni as a CNI runtime would: env + network config on stdin.
     /// Returns (exit success, stdout).
-    pub fn cni(&self, command: &str, sandbox: &str, ifname: &str, uplink: &str, version: &str) -> anyhow::Result<(bool, String)> {
+    pub fn cni(
+        &self,
+        command: &str,
+        sandbox: &str,
+        ifname: &str,
+        uplink: &str,
+        version: &str,
+    ) -> anyhow::Result<(bool, String)> {
         let conf = serde_json::json!({
             "cniVersion": version,
             "name": format!("portiso-{uplink}"),
@@ -256,9 +329,15 @@ impl Testbed {
         let mut child = Command::new(&self.cni_bin)
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", format!("ctr-{sandbox}"))
-            .env("CNI_NETNS", format!("/run/netns/{}", self.sandbox_ns(sandbox)))
+            .env(
+                "CNI_NETNS",
+                format!("/run/netns/{}", self.sandbox_ns(sandbox)),
+            )
             .env("CNI_IFNAME", ifname)
-            .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAME={sandbox}"))
+            .env(
+                "CNI_ARGS",
+                format!("IgnoreUnknown=1;K8S_POD_NAME={sandbox}"),
+            )
             .env("CNI_PATH", self.cni_bin.parent().unwrap_or(Path::new("/")))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -268,7 +347,10 @@ impl Testbed {
             stdin.write_all(conf.to_string().as_bytes())?;
         }
         let out = child.wait_with_output()?;
-        Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned()))
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
     }
 
     /// Creates a sandbox namespace and attaches it to `uplink` through the CNI plugin; fails
@@ -277,10 +359,50 @@ impl Testbed {
         if !self.sandboxes.contains(&self.sandbox_ns(sandbox)) {
             self.create_sandbox(sandbox)?;
         }
-        let ifname = if uplink == self.uplinks[0].name { "eth0" } else { "eth1" };
+        let ifname = if uplink == self.uplinks[0].name {
+            "eth0"
+        } else {
+            "eth1"
+        };
         let (ok, out) = self.cni("ADD", sandbox, ifname, uplink, "1.0.0")?;
-        anyhow::ensure!(ok, "CNI ADD of {sandbox} on {uplink} failed: {out}\nagent log:\n{}", self.agent_log());
+        if !ok {
+            let msg = serde_json::from_str::<serde_json::Value>(&out)
+                .ok()
+                .and_then(|v| {
+                    let msg = v["msg"].as_str()?;
+                    Some(match v["details"].as_str().filter(|d| !d.is_empty()) {
+                        Some(d) => format!("{msg} ({d})"),
+                        None => msg.to_string(),
+                    })
+                })
+                .unwrap_or(out);
+            anyhow::bail!("{msg}\n(CNI ADD of {sandbox} on {uplink}; agent log:\n{})", self.agent_log());
+        }
         Ok(serde_json::from_str(&out)?)
+    }
+
+    /// Sends one TCP connection or UDP datagram from the peer to `port` on uplink `uplink`,
+    /// with a listener in the host and in each of `sandboxes`, and reports who got it.
+    pub fn probe(&self, udp: bool, uplink: usize, port: u16, sandboxes: &[&str]) -> anyhow::Result<Probe> {
+        let listen = Duration::from_secs(2);
+        let mut who = vec![("host".to_string(), netns::Listener::start(&self.node, udp, port, listen)?)];
+        for s in sandboxes {
+            who.push((s.to_string(), netns::Listener::start(&self.sandbox_ns(s), udp, port, listen)?));
+        }
+        let msg = format!("to {port}");
+        let to = self.uplinks[uplink].at(port);
+        let echoed = if udp {
+            netns::udp_send(&self.outside, to, None, &msg).ok().flatten()
+        } else {
+            netns::tcp_send(&self.outside, to, None, &msg).ok()
+        };
+        let mut landed = Vec::new();
+        for (name, l) in who {
+            if l.received()?.contains(&msg) {
+                landed.push(name);
+            }
+        }
+        Ok(Probe { landed, answered: echoed.as_deref() == Some(msg.as_str()) })
     }
 
     /// `ovs-ofctl dump-flows` of a bridge.
@@ -292,7 +414,10 @@ impl Testbed {
     fn remove_leftovers(&self) {
         for daemon in ["ovs-vswitchd", "ovsdb-server"] {
             let pidfile = self.dir.join(format!("{daemon}.pid"));
-            if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+            if let Some(pid) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
                 stop_pid(pid);
             }
         }

@@ -23,7 +23,10 @@ pub fn spawn_in<T: Send + 'static>(
 }
 
 /// Runs `f` inside the namespace and waits for it.
-pub fn run_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> std::io::Result<T> {
+pub fn run_in<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<T> {
     spawn_in(ns, f)
         .join()
         .map_err(|_| std::io::Error::other("thread in netns panicked"))?
@@ -64,7 +67,9 @@ impl Listener {
             }
         });
         match ready_rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(Ok(())) => Ok(Self { handle: flatten(handle) }),
+            Ok(Ok(())) => Ok(Self {
+                handle: flatten(handle),
+            }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(std::io::Error::other("listener did not start within 5 s")),
         }
@@ -91,7 +96,10 @@ fn flatten(
 fn collect_udp(sock: &UdpSocket, deadline: Instant) -> std::io::Result<Vec<String>> {
     let mut got = Vec::new();
     let mut buf = [0u8; 2048];
-    while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+    while let Some(left) = deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+    {
         sock.set_read_timeout(Some(left))?;
         match sock.recv_from(&mut buf) {
             Ok((n, from)) => {
@@ -99,7 +107,14 @@ fn collect_udp(sock: &UdpSocket, deadline: Instant) -> std::io::Result<Vec<Strin
                 // Answer, so that request/response checks see the way back too.
                 let _ = sock.send_to(&buf[..n], from);
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
             Err(e) => return Err(e),
         }
     }
@@ -131,13 +146,19 @@ fn collect_tcp(l: &TcpListener, deadline: Instant) -> std::io::Result<Vec<String
 
 /// Sends `msg` over a new TCP connection from namespace `ns` (optionally from a given local
 /// port) and returns what the other side echoed, or the error.
-pub fn tcp_send(ns: &str, to: SocketAddr, from_port: Option<u16>, msg: &str) -> std::io::Result<String> {
+pub fn tcp_send(
+    ns: &str,
+    to: SocketAddr,
+    from_port: Option<u16>,
+    msg: &str,
+) -> std::io::Result<String> {
     let msg = msg.to_string();
     run_in(ns, move || -> std::io::Result<String> {
         let s = match from_port {
             None => TcpStream::connect_timeout(&to, Duration::from_secs(3))?,
             Some(p) => {
-                let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+                let sock =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
                 sock.set_reuse_address(true)?;
                 sock.bind(&SocketAddr::from(([0, 0, 0, 0], p)).into())?;
                 sock.connect_timeout(&to.into(), Duration::from_secs(3))?;
@@ -155,7 +176,12 @@ pub fn tcp_send(ns: &str, to: SocketAddr, from_port: Option<u16>, msg: &str) -> 
 }
 
 /// Sends one UDP datagram from `ns` (from `from_port`, or any) and waits briefly for an echo.
-pub fn udp_send(ns: &str, to: SocketAddr, from_port: Option<u16>, msg: &str) -> std::io::Result<Option<String>> {
+pub fn udp_send(
+    ns: &str,
+    to: SocketAddr,
+    from_port: Option<u16>,
+    msg: &str,
+) -> std::io::Result<Option<String>> {
     let msg = msg.to_string();
     run_in(ns, move || -> std::io::Result<Option<String>> {
         let sock = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], from_port.unwrap_or(0))))?;
@@ -164,34 +190,64 @@ pub fn udp_send(ns: &str, to: SocketAddr, from_port: Option<u16>, msg: &str) -> 
         let mut buf = [0u8; 2048];
         match sock.recv_from(&mut buf) {
             Ok((n, _)) => Ok(Some(String::from_utf8_lossy(&buf[..n]).into_owned())),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     })?
 }
 
-/// Counts ICMP packets of `icmp_type` that reach namespace `ns` during `window` (a raw socket
-/// sees every ICMP packet the namespace's IP stack receives).
-pub fn count_icmp(ns: &str, icmp_type: u8, window: Duration) -> std::io::Result<JoinHandle<std::io::Result<usize>>> {
+/// Counts the frames that arrive (not those sent) on any interface of namespace `ns` during
+/// `window` and satisfy `want`. A packet socket sees every frame the interfaces receive, also
+/// ones the IP stack would drop, so "0 arrived" is a real observation.
+pub fn count_frames(
+    ns: &str,
+    window: Duration,
+    want: fn(&[u8]) -> bool,
+) -> std::io::Result<JoinHandle<std::io::Result<usize>>> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let h = spawn_in(ns, move || -> std::io::Result<usize> {
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::ICMPV4))?;
+        const ETH_P_ALL: i32 = 0x0003;
+        const PACKET_OUTGOING: u8 = 4;
+        let proto = socket2::Protocol::from((ETH_P_ALL as u16).to_be() as i32);
+        let sock = socket2::Socket::new(socket2::Domain::PACKET, socket2::Type::RAW, Some(proto))?;
         let _ = ready_tx.send(());
         let deadline = Instant::now() + window;
         let mut n = 0;
-        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
-        while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        while let Some(left) = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+        {
             sock.set_read_timeout(Some(left))?;
-            match sock.recv(&mut buf) {
-                Ok(len) if len > 20 => {
-                    // SAFETY: recv initialised the first `len` bytes.
-                    let ihl = (unsafe { buf[0].assume_init() } & 0x0f) as usize * 4;
-                    if ihl < len && unsafe { buf[ihl].assume_init() } == icmp_type {
+            match sock.recv_from(&mut buf) {
+                Ok((len, from)) => {
+                    // sockaddr_ll: family(2) protocol(2) ifindex(4) hatype(2) pkttype(1)
+                    // SAFETY: the kernel filled a sockaddr_ll of `from.len()` bytes.
+                    let pkttype = unsafe { *(from.as_ptr() as *const u8).add(10) };
+                    // SAFETY: recv_from initialised the first `len` bytes.
+                    let frame: Vec<u8> = buf[..len]
+                        .iter()
+                        .map(|b| unsafe { b.assume_init() })
+                        .collect();
+                    if pkttype != PACKET_OUTGOING && want(&frame) {
                         n += 1;
                     }
                 }
-                Ok(_) => {}
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -199,14 +255,45 @@ pub fn count_icmp(ns: &str, icmp_type: u8, window: Duration) -> std::io::Result<
     });
     ready_rx
         .recv_timeout(Duration::from_secs(5))
-        .map_err(|_| std::io::Error::other("ICMP counter did not start"))?;
-    Ok(flatten_count(h))
+        .map_err(|_| std::io::Error::other("frame counter did not start"))?;
+    Ok(std::thread::spawn(move || {
+        h.join()
+            .map_err(|_| std::io::Error::other("frame counter panicked"))?
+            .and_then(|r| r)
+    }))
 }
 
-fn flatten_count(h: JoinHandle<std::io::Result<std::io::Result<usize>>>) -> JoinHandle<std::io::Result<usize>> {
-    std::thread::spawn(move || {
-        h.join()
-            .map_err(|_| std::io::Error::other("ICMP counter panicked"))?
-            .and_then(|r| r)
-    })
+/// Frame matchers for [`count_frames`] (Ethernet + IPv4 without VLAN).
+pub mod frame {
+    fn ipv4(f: &[u8]) -> Option<&[u8]> {
+        (f.len() > 34 && f[12] == 0x08 && f[13] == 0x00).then(|| &f[14..])
+    }
+    fn l4(ip: &[u8]) -> &[u8] {
+        let ihl = (ip[0] & 0x0f) as usize * 4;
+        ip.get(ihl..).unwrap_or(&[])
+    }
+    pub fn arp_request(f: &[u8]) -> bool {
+        f.len() >= 22 && f[12] == 0x08 && f[13] == 0x06 && f[21] == 1
+    }
+    pub fn arp_reply(f: &[u8]) -> bool {
+        f.len() >= 22 && f[12] == 0x08 && f[13] == 0x06 && f[21] == 2
+    }
+    pub fn icmp_type(f: &[u8], t: u8) -> bool {
+        ipv4(f).is_some_and(|ip| ip[9] == 1 && l4(ip).first() == Some(&t))
+    }
+    pub fn echo_request(f: &[u8]) -> bool {
+        icmp_type(f, 8)
+    }
+    pub fn echo_reply(f: &[u8]) -> bool {
+        icmp_type(f, 0)
+    }
+    /// TCP or UDP with destination port in 10000-19999 (the tests' sandbox ports).
+    pub fn to_sandbox_ports(f: &[u8]) -> bool {
+        ipv4(f).is_some_and(|ip| {
+            let p = l4(ip);
+            (ip[9] == 6 || ip[9] == 17)
+                && p.len() >= 4
+                && (10000..20000).contains(&u16::from_be_bytes([p[2], p[3]]))
+        })
+    }
 }

@@ -8,13 +8,19 @@ use std::path::Path;
 /// A testbed named `tag` with the agent started and `ranges` in rangesDir.
 pub fn testbed(tag: &str, ranges: &str) -> Testbed {
     let mut tb = Testbed::new(tag, Path::new(env!("CARGO_BIN_EXE_portiso"))).expect("testbed");
-    tb.write_ranges("ranges.yaml", ranges).expect("write ranges");
+    tb.write_ranges("ranges.yaml", ranges)
+        .expect("write ranges");
     tb.start_agent().expect("agent starts");
     tb
 }
 
 /// A PortRange selecting the standalone sandbox `sandbox`.
-pub fn portrange(name: &str, sandbox: &str, ports: &[(&str, u16, u16)], uplinks: &[&str]) -> String {
+pub fn portrange(
+    name: &str,
+    sandbox: &str,
+    ports: &[(&str, u16, u16)],
+    uplinks: &[&str],
+) -> String {
     let mut y = format!(
         "---\napiVersion: portiso.io/v1alpha1\nkind: PortRange\nmetadata:\n  name: {name}\nspec:\n  selector:\n    matchLabels:\n      portiso.io/sandbox: {sandbox}\n  ports:\n"
     );
