@@ -55,10 +55,16 @@ pub fn run() -> anyhow::Result<()> {
 
 fn show(tb: &mut Testbed) -> anyhow::Result<()> {
     let shared = tb.uplinks[0].shared;
-    println!("node: host and sandboxes share {shared} and one MAC on bridge {}", tb.uplinks[0].bridge);
+    println!(
+        "node: host and sandboxes share {shared} and one MAC on bridge {}",
+        tb.uplinks[0].bridge
+    );
     for s in ["web1", "web2"] {
         let r = tb.attach(s, "up1")?;
-        println!("attached {s}: {} {} via portiso-cni", r["interfaces"][0]["mac"], r["ips"][0]["address"]);
+        println!(
+            "attached {s}: {} {} via portiso-cni",
+            r["interfaces"][0]["mac"], r["ips"][0]["address"]
+        );
     }
     let mut rows = Vec::new();
     let sandboxes = ["web1", "web2"];
@@ -72,22 +78,58 @@ fn show(tb: &mut Testbed) -> anyhow::Result<()> {
     ] {
         let p = tb.probe(udp, 0, port, &sandboxes)?;
         rows.push(Row {
-            what: format!("peer -> {shared}:{port}/{}", if udp { "udp" } else { "tcp" }),
+            what: format!(
+                "peer -> {shared}:{port}/{}",
+                if udp { "udp" } else { "tcp" }
+            ),
             expected: expected.into(),
-            got: if p.landed.is_empty() { "nobody".into() } else { p.landed.join("+") },
+            got: if p.landed.is_empty() {
+                "nobody".into()
+            } else {
+                p.landed.join("+")
+            },
         });
     }
 
     // ICMP: the host answers the peer's pings; each sandbox gets only its own echo replies.
-    let ok = tb.out_cmd("busybox", &["ping", "-c", "1", "-W", "2", &shared.to_string()]).is_ok();
-    rows.push(Row { what: format!("peer pings {shared}"), expected: "answered".into(), got: answered(ok) });
-    let replies_web2 = count_frames(&tb.sandbox_ns("web2"), Duration::from_secs(3), frame::echo_reply)?;
+    let ok = tb
+        .out_cmd(
+            "busybox",
+            &["ping", "-c", "1", "-W", "2", &shared.to_string()],
+        )
+        .is_ok();
+    rows.push(Row {
+        what: format!("peer pings {shared}"),
+        expected: "answered".into(),
+        got: answered(ok),
+    });
+    let replies_web2 = count_frames(
+        &tb.sandbox_ns("web2"),
+        Duration::from_secs(3),
+        frame::echo_reply,
+    )?;
     let web1 = tb.sandbox_ns("web1");
     let peer = tb.uplinks[0].peer.to_string();
-    let ok = crate::exec::run("ip", &["netns", "exec", &web1, "busybox", "ping", "-c", "2", "-W", "2", &peer]).is_ok();
-    rows.push(Row { what: format!("web1 pings {peer}"), expected: "answered".into(), got: answered(ok) });
-    let leaked = replies_web2.join().map_err(|_| anyhow::anyhow!("counter panicked"))??;
-    rows.push(Row { what: "  ... replies seen by web2".into(), expected: "0".into(), got: leaked.to_string() });
+    let ok = crate::exec::run(
+        "ip",
+        &[
+            "netns", "exec", &web1, "busybox", "ping", "-c", "2", "-W", "2", &peer,
+        ],
+    )
+    .is_ok();
+    rows.push(Row {
+        what: format!("web1 pings {peer}"),
+        expected: "answered".into(),
+        got: answered(ok),
+    });
+    let leaked = replies_web2
+        .join()
+        .map_err(|_| anyhow::anyhow!("counter panicked"))??;
+    rows.push(Row {
+        what: "  ... replies seen by web2".into(),
+        expected: "0".into(),
+        got: leaked.to_string(),
+    });
 
     // Egress: web1 may not send from web2's ports.
     let to = SocketAddr::from((tb.uplinks[0].peer, 8081));
@@ -97,7 +139,11 @@ fn show(tb: &mut Testbed) -> anyhow::Result<()> {
     rows.push(Row {
         what: "web1 sends from web2's port 10150".into(),
         expected: "dropped".into(),
-        got: if got.is_empty() { "dropped".into() } else { "delivered".into() },
+        got: if got.is_empty() {
+            "dropped".into()
+        } else {
+            "delivered".into()
+        },
     });
 
     // Refusals: an overlapping PortRange, and a sandbox no accepted range selects.
@@ -105,17 +151,28 @@ fn show(tb: &mut Testbed) -> anyhow::Result<()> {
         Ok(_) => "attached".to_string(),
         Err(e) => format!("refused: {}", first_line(&e.to_string())),
     };
-    rows.push(Row { what: "attach web3 (its PortRange overlaps web1, web2)".into(), expected: "refused".into(), got: refused });
+    rows.push(Row {
+        what: "attach web3 (its PortRange overlaps web1, web2)".into(),
+        expected: "refused".into(),
+        got: refused,
+    });
 
     print_table(&rows);
-    let failed = rows.iter().filter(|r| !r.got.starts_with(&r.expected)).count();
+    let failed = rows
+        .iter()
+        .filter(|r| !r.got.starts_with(&r.expected))
+        .count();
     anyhow::ensure!(failed == 0, "{failed} row(s) did not land where expected");
     println!("\nall {} checks landed where expected", rows.len());
     Ok(())
 }
 
 fn answered(ok: bool) -> String {
-    if ok { "answered".into() } else { "no answer".into() }
+    if ok {
+        "answered".into()
+    } else {
+        "no answer".into()
+    }
 }
 
 fn first_line(s: &str) -> String {
@@ -128,7 +185,11 @@ fn print_table(rows: &[Row]) {
     println!("\n{:w$}  {:e$}  landed / result", "traffic", "expected");
     println!("{}", "-".repeat(w + e + 20));
     for r in rows {
-        let mark = if r.got.starts_with(&r.expected) { "ok " } else { "BAD" };
+        let mark = if r.got.starts_with(&r.expected) {
+            "ok "
+        } else {
+            "BAD"
+        };
         println!("{:w$}  {:e$}  {mark} {}", r.what, r.expected, r.got);
     }
 }

@@ -16,7 +16,12 @@ const LISTEN: Duration = Duration::from_secs(2);
 /// the answer must make it back to the peer too (egress of whoever got it).
 fn lands(tb: &Testbed, udp: bool, port: u16, sandboxes: &[&str]) -> Vec<String> {
     let p = tb.probe(udp, 0, port, sandboxes).unwrap();
-    assert_eq!(p.answered, !p.landed.is_empty(), "answer to the peer for port {port}: {p:?}; flows:\n{}", tb.dump_flows("br-up1").unwrap());
+    assert_eq!(
+        p.answered,
+        !p.landed.is_empty(),
+        "answer to the peer for port {port}: {p:?}; flows:\n{}",
+        tb.dump_flows("br-up1").unwrap()
+    );
     p.landed
 }
 

@@ -3,7 +3,10 @@
 
 #[test]
 fn the_demo_runs_end_to_end_and_cleans_up() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portiso")).arg("demo").output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portiso"))
+        .arg("demo")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
@@ -13,5 +16,8 @@ fn the_demo_runs_end_to_end_and_cleans_up() {
         assert!(stdout.contains(row), "row {row} missing:\n{stdout}");
     }
     let left = portiso::exec::run("ip", &["netns", "list"]).unwrap();
-    assert!(!left.contains("portiso-demo-"), "demo left namespaces: {left}");
+    assert!(
+        !left.contains("portiso-demo-"),
+        "demo left namespaces: {left}"
+    );
 }

@@ -202,3 +202,73 @@ impl Agent {
         self.uplinks.iter().find(|u| u.config.name == name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ovs::fake::FakeOvs;
+    use std::sync::Arc;
+
+    fn agent(ovs: Arc<FakeOvs>) -> Agent {
+        let config = AgentConfig::parse(
+            "uplinks: [{name: eth1, address: 198.51.100.1/24}]\nreservedHostPorts: [\"0-9999\"]",
+            "test",
+        )
+        .unwrap();
+        let ranges = crate::model::parse_portranges_yaml(
+            "apiVersion: portiso.io/v1alpha1\nkind: PortRange\nmetadata: {name: a}\nspec: {selector: {matchLabels: {portiso.io/sandbox: a}}, ports: [{protocol: TCP, start: 10000, end: 10099}]}\n---\napiVersion: portiso.io/v1alpha1\nkind: PortRange\nmetadata: {name: b}\nspec: {selector: {matchLabels: {portiso.io/sandbox: b}}, ports: [{protocol: UDP, start: 10100, end: 10163}]}\n",
+            "test",
+        )
+        .unwrap();
+        Agent {
+            uplinks: vec![UplinkRuntime { config: config.uplinks[0].clone(), uplink_ofport: 1, mac: "02:00:00:00:00:01".into() }],
+            config,
+            ovs: Box::new(ovs),
+            datapath_type: "netdev".into(),
+            range_files: RangeFiles::default(),
+            accepted: ranges,
+            refused: BTreeMap::new(),
+            attachments: vec![attachment("a", 2), attachment("b", 3)],
+        }
+    }
+
+    fn attachment(name: &str, ofport: u32) -> Attachment {
+        Attachment {
+            key: portiso_agent_api::AttachmentKey { container_id: format!("c-{name}"), ifname: "eth0".into() },
+            uplink: "eth1".into(),
+            sandbox_name: name.into(),
+            sandbox_namespace: "default".into(),
+            netns: format!("/run/netns/{name}"),
+            host_if: format!("pi-{name}"),
+            ofport,
+        }
+    }
+
+    #[test]
+    fn reconcile_is_idempotent_and_a_detach_touches_only_that_sandbox() {
+        let ovs = Arc::new(FakeOvs::default());
+        let mut a = agent(ovs.clone());
+        a.reconcile_all().unwrap();
+        let first = ovs.applied.lock().unwrap()[0].1.clone();
+        assert!(first.delete.is_empty() && first.add.len() > 10);
+
+        // Same state again: nothing to change.
+        a.reconcile_all().unwrap();
+        assert!(ovs.applied.lock().unwrap()[1].1.is_empty());
+
+        // Remove b: only b's flows and the shared ARP-reply flood change.
+        a.attachments.retain(|x| x.sandbox_name != "b");
+        a.reconcile_all().unwrap();
+        let d = ovs.applied.lock().unwrap()[2].1.clone();
+        let of_port = |f: &crate::flows::Flow, p: &str| {
+            f.actions == format!("output:{p}") || f.matches.split(',').any(|m| m == format!("in_port={p}"))
+        };
+        let b_flows: Vec<_> = first.add.iter().filter(|f| of_port(f, "3")).collect();
+        assert_eq!(d.add.len(), 1, "only the ARP-reply flood is rewritten: {:?}", d.add);
+        assert!(d.add[0].matches.contains("arp_op=2"));
+        assert_eq!(d.delete.len(), b_flows.len() + 1, "b's flows and the old flood: {:?}", d.delete);
+        for f in first.add.iter().filter(|f| of_port(f, "2")) {
+            assert!(!d.delete.contains(&f.cookie()), "a's flow deleted: {f}");
+        }
+    }
+}

@@ -26,6 +26,19 @@ pub trait OvsExec: Send {
     fn apply(&self, bridge: &str, diff: &FlowDiff) -> Result<(), OvsError>;
 }
 
+/// Shared handles work too (tests keep one to inspect what the agent did).
+impl<T: OvsExec + Sync> OvsExec for std::sync::Arc<T> {
+    fn vsctl(&self, args: &[&str]) -> Result<String, OvsError> {
+        (**self).vsctl(args)
+    }
+    fn installed_cookies(&self, bridge: &str) -> Result<Vec<u64>, OvsError> {
+        (**self).installed_cookies(bridge)
+    }
+    fn apply(&self, bridge: &str, diff: &FlowDiff) -> Result<(), OvsError> {
+        (**self).apply(bridge, diff)
+    }
+}
+
 /// Extracts the cookies from `ovs-ofctl dump-flows` output.
 pub fn parse_cookies(dump: &str) -> Vec<u64> {
     dump.lines()

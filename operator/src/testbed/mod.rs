@@ -376,23 +376,40 @@ impl Testbed {
                     })
                 })
                 .unwrap_or(out);
-            anyhow::bail!("{msg}\n(CNI ADD of {sandbox} on {uplink}; agent log:\n{})", self.agent_log());
+            anyhow::bail!(
+                "{msg}\n(CNI ADD of {sandbox} on {uplink}; agent log:\n{})",
+                self.agent_log()
+            );
         }
         Ok(serde_json::from_str(&out)?)
     }
 
     /// Sends one TCP connection or UDP datagram from the peer to `port` on uplink `uplink`,
     /// with a listener in the host and in each of `sandboxes`, and reports who got it.
-    pub fn probe(&self, udp: bool, uplink: usize, port: u16, sandboxes: &[&str]) -> anyhow::Result<Probe> {
+    pub fn probe(
+        &self,
+        udp: bool,
+        uplink: usize,
+        port: u16,
+        sandboxes: &[&str],
+    ) -> anyhow::Result<Probe> {
         let listen = Duration::from_secs(2);
-        let mut who = vec![("host".to_string(), netns::Listener::start(&self.node, udp, port, listen)?)];
+        let mut who = vec![(
+            "host".to_string(),
+            netns::Listener::start(&self.node, udp, port, listen)?,
+        )];
         for s in sandboxes {
-            who.push((s.to_string(), netns::Listener::start(&self.sandbox_ns(s), udp, port, listen)?));
+            who.push((
+                s.to_string(),
+                netns::Listener::start(&self.sandbox_ns(s), udp, port, listen)?,
+            ));
         }
         let msg = format!("to {port}");
         let to = self.uplinks[uplink].at(port);
         let echoed = if udp {
-            netns::udp_send(&self.outside, to, None, &msg).ok().flatten()
+            netns::udp_send(&self.outside, to, None, &msg)
+                .ok()
+                .flatten()
         } else {
             netns::tcp_send(&self.outside, to, None, &msg).ok()
         };
@@ -402,7 +419,10 @@ impl Testbed {
                 landed.push(name);
             }
         }
-        Ok(Probe { landed, answered: echoed.as_deref() == Some(msg.as_str()) })
+        Ok(Probe {
+            landed,
+            answered: echoed.as_deref() == Some(msg.as_str()),
+        })
     }
 
     /// `ovs-ofctl dump-flows` of a bridge.
