@@ -6,6 +6,8 @@
 //! changes nothing.
 
 mod attach;
+pub mod icmp_errors;
+mod icmp_relay;
 mod ranges;
 mod server;
 pub mod state;
@@ -42,6 +44,8 @@ pub struct Agent {
     /// Refused PortRanges and why.
     pub refused: BTreeMap<ObjectKey, String>,
     pub attachments: Vec<Attachment>,
+    /// Who owns which ports on each bridge, for the ICMP error slow path.
+    icmp_relay: icmp_relay::IcmpRelay,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +110,7 @@ impl Agent {
             accepted: Vec::new(),
             refused: BTreeMap::new(),
             attachments: Vec::new(),
+            icmp_relay: icmp_relay::IcmpRelay::default(),
         };
         agent.adopt_ports()?;
         agent.reload_ranges();
@@ -176,19 +181,35 @@ impl Agent {
     /// Brings one bridge's flows in line with the state: one atomic bundle of only the flows
     /// that differ.
     pub fn reconcile(&self, uplink: &UplinkRuntime) -> Result<(), ovs::OvsError> {
-        let desired = compile_bridge(&state::bridge_state(
+        let bridge_state = state::bridge_state(
             &uplink.config,
             uplink.uplink_ofport,
             &uplink.mac,
             &self.accepted,
             &self.attachments,
-        ));
+        );
+        let desired = compile_bridge(&bridge_state);
         let installed = self.ovs.installed_cookies(&uplink.config.bridge)?;
         let d = diff(&desired, &installed);
         if !d.is_empty() {
             tracing::info!(bridge = %uplink.config.bridge, add = d.add.len(), delete = d.delete.len(), "flows updated");
         }
-        self.ovs.apply(&uplink.config.bridge, &d)
+        self.ovs.apply(&uplink.config.bridge, &d)?;
+        // ICMP errors follow the same ports as the flows now installed.
+        self.icmp_relay.update(
+            &uplink.config.bridge,
+            icmp_errors::PortMap::from(&bridge_state),
+        );
+        Ok(())
+    }
+
+    /// Starts, per bridge, the supervised slow path that passes inbound ICMP errors on to the
+    /// sandbox (or host) whose traffic they are about.
+    pub fn start_icmp_relay(&self) -> std::io::Result<()> {
+        for u in &self.uplinks {
+            self.icmp_relay.start(&u.config.bridge)?;
+        }
+        Ok(())
     }
 
     pub fn reconcile_all(&self) -> Result<(), ovs::OvsError> {
@@ -221,7 +242,11 @@ mod tests {
         )
         .unwrap();
         Agent {
-            uplinks: vec![UplinkRuntime { config: config.uplinks[0].clone(), uplink_ofport: 1, mac: "02:00:00:00:00:01".into() }],
+            uplinks: vec![UplinkRuntime {
+                config: config.uplinks[0].clone(),
+                uplink_ofport: 1,
+                mac: "02:00:00:00:00:01".into(),
+            }],
             config,
             ovs: Box::new(ovs),
             datapath_type: "netdev".into(),
@@ -229,12 +254,16 @@ mod tests {
             accepted: ranges,
             refused: BTreeMap::new(),
             attachments: vec![attachment("a", 2), attachment("b", 3)],
+            icmp_relay: Default::default(),
         }
     }
 
     fn attachment(name: &str, ofport: u32) -> Attachment {
         Attachment {
-            key: portiso_agent_api::AttachmentKey { container_id: format!("c-{name}"), ifname: "eth0".into() },
+            key: portiso_agent_api::AttachmentKey {
+                container_id: format!("c-{name}"),
+                ifname: "eth0".into(),
+            },
             uplink: "eth1".into(),
             sandbox_name: name.into(),
             sandbox_namespace: "default".into(),
@@ -261,12 +290,23 @@ mod tests {
         a.reconcile_all().unwrap();
         let d = ovs.applied.lock().unwrap()[2].1.clone();
         let of_port = |f: &crate::flows::Flow, p: &str| {
-            f.actions == format!("output:{p}") || f.matches.split(',').any(|m| m == format!("in_port={p}"))
+            f.actions == format!("output:{p}")
+                || f.matches.split(',').any(|m| m == format!("in_port={p}"))
         };
         let b_flows: Vec<_> = first.add.iter().filter(|f| of_port(f, "3")).collect();
-        assert_eq!(d.add.len(), 1, "only the ARP-reply flood is rewritten: {:?}", d.add);
+        assert_eq!(
+            d.add.len(),
+            1,
+            "only the ARP-reply flood is rewritten: {:?}",
+            d.add
+        );
         assert!(d.add[0].matches.contains("arp_op=2"));
-        assert_eq!(d.delete.len(), b_flows.len() + 1, "b's flows and the old flood: {:?}", d.delete);
+        assert_eq!(
+            d.delete.len(),
+            b_flows.len() + 1,
+            "b's flows and the old flood: {:?}",
+            d.delete
+        );
         for f in first.add.iter().filter(|f| of_port(f, "2")) {
             assert!(!d.delete.contains(&f.cookie()), "a's flow deleted: {f}");
         }

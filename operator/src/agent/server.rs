@@ -21,6 +21,9 @@ pub async fn serve(agent: Agent) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", socket.display()))?;
+    agent
+        .start_icmp_relay()
+        .map_err(|e| anyhow::anyhow!("cannot start the ICMP error relay: {e}"))?;
     tracing::info!(socket = %socket.display(), "agent ready");
     let agent = Arc::new(Mutex::new(agent));
     tokio::spawn(poll_ranges(agent.clone()));

@@ -8,6 +8,7 @@ pub mod bridge;
 mod cli;
 #[cfg(test)]
 pub mod fake;
+pub mod monitor;
 
 pub use bridge::{ensure_bridge, list_sandbox_ports, port_ofport, OvsPort};
 pub use cli::OvsCli;

@@ -244,6 +244,8 @@ impl Testbed {
             .stdout(Stdio::null())
             .stderr(log);
         let mut child = cmd.spawn()?;
+        // Recorded so that a later run can stop an agent this run left behind (killed test).
+        std::fs::write(self.dir.join("agent.pid"), child.id().to_string())?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let status = portiso_agent_api::call(
@@ -432,7 +434,7 @@ impl Testbed {
 
     /// Removes everything a testbed of this name may have left: processes, namespaces, files.
     fn remove_leftovers(&self) {
-        for daemon in ["ovs-vswitchd", "ovsdb-server"] {
+        for daemon in ["agent", "ovs-vswitchd", "ovsdb-server"] {
             let pidfile = self.dir.join(format!("{daemon}.pid"));
             if let Some(pid) = std::fs::read_to_string(&pidfile)
                 .ok()

@@ -1,0 +1,139 @@
+//! The slow path for inbound ICMP errors: per bridge, a thread runs `ovs-ofctl monitor`,
+//! reads the errors the bridge hands to the controller, asks `icmp_errors::steer` whose they
+//! are and sends each back into the bridge towards that sandbox or the host.
+//!
+//! The port maps are shared with the agent, which replaces a bridge's map whenever it has
+//! brought that bridge's flows in line (attach, detach, PortRange change). A monitor that
+//! ends is restarted after a pause that doubles up to `MAX_BACKOFF` and starts over once a
+//! monitor has run for `STABLE`.
+
+use super::icmp_errors::{steer, PortMap};
+use crate::ovs::monitor::{packet_out, Monitor, PacketInParser, Parsed};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A monitor that ran this long was healthy: the next restart starts from `MIN_BACKOFF`.
+const STABLE: Duration = Duration::from_secs(30);
+/// At most this many errors are passed on per bridge and second; the rest are dropped (each
+/// costs a process), as an ICMP error flood should not become a process flood.
+const MAX_PER_SECOND: u32 = 200;
+
+/// The port maps of every bridge, by bridge name.
+#[derive(Clone, Default)]
+pub struct IcmpRelay {
+    maps: Arc<RwLock<BTreeMap<String, PortMap>>>,
+}
+
+impl IcmpRelay {
+    /// Replaces a bridge's port map.
+    pub fn update(&self, bridge: &str, map: PortMap) {
+        let mut maps = self.maps.write().unwrap_or_else(|p| p.into_inner());
+        if maps.get(bridge) != Some(&map) {
+            tracing::debug!(%bridge, spans = map.spans.len(), "ICMP error port map updated");
+            maps.insert(bridge.to_string(), map);
+        }
+    }
+
+    fn map(&self, bridge: &str) -> Option<PortMap> {
+        let maps = self.maps.read().unwrap_or_else(|p| p.into_inner());
+        maps.get(bridge).cloned()
+    }
+
+    /// Starts the supervised monitor of `bridge`, for the life of the process.
+    pub fn start(&self, bridge: &str) -> std::io::Result<()> {
+        let relay = self.clone();
+        let bridge = bridge.to_string();
+        std::thread::Builder::new()
+            .name(format!("icmp-{bridge}"))
+            .spawn(move || relay.supervise(&bridge))
+            .map(|_| ())
+    }
+
+    fn supervise(&self, bridge: &str) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let started = Instant::now();
+            let why = self.run_monitor(bridge);
+            if started.elapsed() >= STABLE {
+                backoff = MIN_BACKOFF;
+            }
+            tracing::warn!(%bridge, reason = %why, retry_in = ?backoff, "ICMP error monitor ended; restarting");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Runs one monitor until its output ends; returns why it ended.
+    fn run_monitor(&self, bridge: &str) -> String {
+        let (monitor, stderr) = match Monitor::start(bridge) {
+            Ok(m) => m,
+            Err(e) => return format!("ovs-ofctl monitor did not start: {e}"),
+        };
+        tracing::info!(%bridge, pid = monitor.pid(), "ICMP error monitor started");
+        let mut parser = PacketInParser::default();
+        let mut last_lines: Vec<String> = Vec::new();
+        let mut window = (Instant::now(), 0u32);
+        for line in BufReader::new(stderr).lines() {
+            let line = match line {
+                Ok(l) => l,
+                Err(e) => {
+                    last_lines.push(format!("read error: {e}"));
+                    break;
+                }
+            };
+            match parser.feed(&line) {
+                Parsed::Nothing => {
+                    // Keep the last few lines: if the monitor dies, they say why.
+                    if last_lines.len() == 4 {
+                        last_lines.remove(0);
+                    }
+                    last_lines.push(line);
+                }
+                Parsed::Garbled(why) => {
+                    tracing::warn!(%bridge, %why, "unreadable packet-in from ovs-ofctl monitor")
+                }
+                Parsed::Packet(p) => {
+                    if window.0.elapsed() >= Duration::from_secs(1) {
+                        if window.1 > MAX_PER_SECOND {
+                            tracing::warn!(%bridge, dropped = window.1 - MAX_PER_SECOND, "too many ICMP errors in a second; dropped the excess");
+                        }
+                        window = (Instant::now(), 0);
+                    }
+                    window.1 += 1;
+                    if window.1 <= MAX_PER_SECOND {
+                        self.relay(bridge, &p);
+                    }
+                }
+            }
+        }
+        let status = monitor.finish();
+        format!(
+            "ovs-ofctl monitor exited ({status}): {}",
+            last_lines.join(" | ")
+        )
+    }
+
+    fn relay(&self, bridge: &str, p: &crate::ovs::monitor::PacketIn) {
+        let Some(map) = self.map(bridge) else {
+            tracing::warn!(%bridge, "ICMP error on a bridge without a port map; dropped");
+            return;
+        };
+        if p.truncated() {
+            tracing::warn!(%bridge, got = p.data.len(), total = p.total_len, "ICMP error arrived cut short; dropped");
+            return;
+        }
+        if p.in_port.is_some_and(|i| i != map.uplink_ofport) {
+            tracing::warn!(%bridge, in_port = ?p.in_port, "ICMP error handed up from a port other than the uplink; dropped");
+            return;
+        }
+        let s = steer(&p.data, &map);
+        tracing::debug!(%bridge, to = ?s.to, why = s.why, len = p.data.len(), "steering ICMP error");
+        if let Err(e) = packet_out(bridge, map.uplink_ofport, &p.data, &s.to.action()) {
+            tracing::warn!(%bridge, error = %e, "could not pass an ICMP error on");
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Packets the bridge sends to the controller, and sending packets back into the bridge.
+//!
+//! `ovs-ofctl monitor BRIDGE 65535 -m` connects to the bridge's management socket as an extra
+//! OpenFlow connection (it is not a configured controller: the fail-mode and the flows decide
+//! forwarding as before) and prints every packet-in on stderr, e.g. for ovs-ofctl 3.1:
+//!
+//! ```text
+//! NXT_PACKET_IN2 (OF1.4) (xid=0x0): cookie=0x0 total_len=70 in_port=1 data_len=70 (unbuffered)
+//! icmp,vlan_tci=0x0000,dl_src=02:00:00:00:00:02,...,icmp_type=3,icmp_code=3 icmp_csum:0
+//! 00000000  02 00 00 00 00 01 02 00-00 00 00 02 08 00 45 00
+//! 00000010  00 38 00 01 00 00 40 01-00 00 0a 00 00 07 0a 00
+//! ...
+//! ```
+//!
+//! A header line, the flow it matched, then a hex dump of the packet (`data_len` bytes).
+//! More `-m` adds a dump of the whole OpenFlow message after it, which the parser skips.
+
+use super::OvsError;
+use crate::exec::run;
+use std::io;
+use std::process::{Child, ChildStderr, Command, Stdio};
+
+/// One packet the bridge sent to the controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketIn {
+    /// The OpenFlow port it came in on, when the header names one by number.
+    pub in_port: Option<u32>,
+    /// The packet's length on the wire; more than `data.len()` when the switch cut it.
+    pub total_len: usize,
+    pub data: Vec<u8>,
+}
+
+impl PacketIn {
+    pub fn truncated(&self) -> bool {
+        self.data.len() < self.total_len
+    }
+}
+
+struct Pending {
+    in_port: Option<u32>,
+    total_len: usize,
+    data_len: usize,
+    data: Vec<u8>,
+}
+
+/// Reads `ovs-ofctl monitor -m` output line by line.
+#[derive(Default)]
+pub struct PacketInParser {
+    pending: Option<Pending>,
+}
+
+/// What one line of monitor output amounted to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// Nothing yet (a header, a flow line, a dump line, or a line that is not ours).
+    Nothing,
+    Packet(PacketIn),
+    /// A packet-in whose dump did not add up; the text says how.
+    Garbled(String),
+}
+
+fn field(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .map(str::to_string)
+}
+
+/// `00000010  00 38 00 01 00 00 40 01-00 00 0a 00 00 07 0a 00 |..ascii..|`: (offset, bytes).
+fn dump_line(line: &str) -> Option<(usize, Vec<u8>)> {
+    let (offset, rest) = line.split_once("  ")?;
+    if offset.len() != 8 || !offset.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let offset = usize::from_str_radix(offset, 16).ok()?;
+    let hex = rest.split('|').next().unwrap_or("");
+    let mut bytes = Vec::with_capacity(16);
+    for tok in hex.split(|c: char| c.is_whitespace() || c == '-') {
+        if tok.is_empty() {
+            continue;
+        }
+        if tok.len() != 2 {
+            return None;
+        }
+        bytes.push(u8::from_str_radix(tok, 16).ok()?);
+    }
+    Some((offset, bytes))
+}
+
+impl PacketInParser {
+    pub fn feed(&mut self, line: &str) -> Parsed {
+        let line = line.trim_end();
+        if line.contains("PACKET_IN") && line.contains("data_len=") {
+            let garbled = self.pending.take().map(|p| {
+                format!(
+                    "packet-in dump ended after {} of {} bytes",
+                    p.data.len(),
+                    p.data_len
+                )
+            });
+            let data_len = field(line, "data_len=").and_then(|v| v.parse::<usize>().ok());
+            let Some(data_len) = data_len else {
+                return Parsed::Garbled(format!("packet-in header without a length: {line}"));
+            };
+            self.pending = Some(Pending {
+                in_port: field(line, "in_port=").and_then(|v| v.parse().ok()),
+                total_len: field(line, "total_len=")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(data_len),
+                data_len,
+                data: Vec::with_capacity(data_len),
+            });
+            return garbled.map_or(Parsed::Nothing, Parsed::Garbled);
+        }
+        let Some(p) = self.pending.as_mut() else {
+            return Parsed::Nothing;
+        };
+        let Some((offset, bytes)) = dump_line(line) else {
+            // The flow line between the header and the dump.
+            return Parsed::Nothing;
+        };
+        if offset != p.data.len() {
+            let p = self.pending.take().expect("pending");
+            return Parsed::Garbled(format!(
+                "packet-in dump jumped to offset {offset} after {} of {} bytes",
+                p.data.len(),
+                p.data_len
+            ));
+        }
+        p.data.extend(bytes);
+        if p.data.len() < p.data_len {
+            return Parsed::Nothing;
+        }
+        let mut p = self.pending.take().expect("pending");
+        p.data.truncate(p.data_len);
+        Parsed::Packet(PacketIn {
+            in_port: p.in_port,
+            total_len: p.total_len,
+            data: p.data,
+        })
+    }
+}
+
+/// A running `ovs-ofctl monitor`, killed when dropped.
+pub struct Monitor {
+    child: Child,
+}
+
+impl Monitor {
+    /// Starts `ovs-ofctl -O OpenFlow14 monitor BRIDGE 65535 -m`. The child gets SIGKILL when
+    /// the thread that started it ends, so an agent killed outright leaves no monitor behind.
+    pub fn start(bridge: &str) -> io::Result<(Monitor, ChildStderr)> {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new("ovs-ofctl");
+        cmd.args(["-O", "OpenFlow14", "monitor", bridge, "65535", "-m"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(io::Error::from)
+            });
+        }
+        let mut child = cmd.spawn()?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| io::Error::other("ovs-ofctl monitor has no stderr pipe"))?;
+        Ok((Monitor { child }, stderr))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the monitor to end (after its output ended) and says how it did.
+    pub fn finish(mut self) -> String {
+        match self.child.wait() {
+            Ok(s) => s.to_string(),
+            Err(e) => format!("wait failed: {e}"),
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `frame` through the bridge as if it had come in on `in_port`, with `actions`
+/// (e.g. `output:3` or `LOCAL`).
+pub fn packet_out(bridge: &str, in_port: u32, frame: &[u8], actions: &str) -> Result<(), OvsError> {
+    let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+    run(
+        "ovs-ofctl",
+        &[
+            "-O",
+            "OpenFlow14",
+            "packet-out",
+            bridge,
+            &format!("in_port={in_port},packet={hex},actions={actions}"),
+        ],
+    )
+    .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What ovs-ofctl 3.1 printed with `-m -m -m` for a 70-byte packet-in.
+    const OUTPUT: &str = "\
+NXT_PACKET_IN2 (OF1.4) (xid=0x0): cookie=0x0 total_len=70 in_port=1 (via packet_out) data_len=70 (unbuffered)
+icmp,vlan_tci=0x0000,dl_src=02:00:00:00:00:02,dl_dst=02:00:00:00:00:01,nw_src=10.0.0.7,nw_dst=10.0.0.1,nw_tos=0,nw_ecn=0,nw_ttl=64,nw_frag=no,icmp_type=3,icmp_code=3 icmp_csum:0
+00000000  02 00 00 00 00 01 02 00-00 00 00 02 08 00 45 00
+00000010  00 38 00 01 00 00 40 01-00 00 0a 00 00 07 0a 00
+00000020  00 01 03 03 00 00 00 00-00 00 45 00 00 20 00 02
+00000030  00 00 40 11 00 00 0a 00-00 01 0a 00 00 07 27 15
+00000040  00 09 00 0c 00 00
+00000000  05 04 00 90 00 00 00 00-00 00 23 20 00 00 00 1e |..........# ....|
+00000010  00 00 00 4a 02 00 00 00-00 01 02 00 00 00 00 02 |...J............|
+00000020  08 00 45 00 00 38 00 01-00 00 40 01 00 00 0a 00 |..E..8....@.....|
+";
+
+    fn parse(text: &str) -> Vec<Parsed> {
+        let mut p = PacketInParser::default();
+        text.lines()
+            .map(|l| p.feed(l))
+            .filter(|r| *r != Parsed::Nothing)
+            .collect()
+    }
+
+    #[test]
+    fn reads_the_packet_and_skips_the_message_dump() {
+        let got = parse(&(OUTPUT.to_string() + OUTPUT));
+        assert_eq!(got.len(), 2, "{got:?}");
+        let Parsed::Packet(p) = &got[0] else {
+            panic!("{got:?}")
+        };
+        assert_eq!(p.in_port, Some(1));
+        assert_eq!(p.total_len, 70);
+        assert!(!p.truncated());
+        assert_eq!(p.data.len(), 70);
+        assert_eq!(&p.data[..6], &[2, 0, 0, 0, 0, 1]);
+        assert_eq!(&p.data[64..], &[0x00, 0x09, 0x00, 0x0c, 0x00, 0x00]);
+        assert_eq!(got[0], got[1]);
+    }
+
+    #[test]
+    fn a_dump_cut_short_is_reported_and_the_next_packet_still_read() {
+        let cut: String = OUTPUT.lines().take(4).map(|l| format!("{l}\n")).collect();
+        let got = parse(&(cut + OUTPUT));
+        assert!(
+            matches!(&got[0], Parsed::Garbled(m) if m.contains("32 of 70")),
+            "{got:?}"
+        );
+        assert!(matches!(&got[1], Parsed::Packet(p) if p.data.len() == 70));
+        let jumped = OUTPUT.replace("00000010  00 38", "00000020  00 38");
+        assert!(matches!(&parse(&jumped)[0], Parsed::Garbled(m) if m.contains("offset 32")));
+        assert!(parse("ovs-ofctl: br0 is not a bridge or a socket\n").is_empty());
+    }
+}
