@@ -21,11 +21,7 @@ fn range(
             selector: LabelSelector::default(),
             ports: ports
                 .iter()
-                .map(|&(protocol, start, end)| PortSpan {
-                    protocol,
-                    start,
-                    end,
-                })
+                .map(|&(protocol, start, end)| PortSpan::ports(protocol, start, end))
                 .collect(),
             uplinks: uplinks.iter().map(|u| u.to_string()).collect(),
         },
@@ -258,7 +254,7 @@ proptest! {
         let accepted: Vec<usize> = (0..ranges.len()).filter(|&i| verdicts[i].verdict == Verdict::Accepted).collect();
 
         let touches_reserved = |range: &PortRange| {
-            range.spec.ports.iter().any(|p| reserved.iter().any(|&(a, b)| p.start <= u32::from(b) && u32::from(a) <= p.end))
+            range.spec.ports.iter().any(|p| reserved.iter().any(|&(a, b)| p.start.unwrap_or(0) <= u32::from(b) && u32::from(a) <= p.end.unwrap_or(0)))
         };
         let clash = |a: &PortRange, b: &PortRange| {
             let (ua, ub) = (uplinks_of(a, &node), uplinks_of(b, &node));

@@ -4,6 +4,7 @@
 use super::state::{self, Attachment};
 use super::Agent;
 use crate::link::{self, SandboxLink};
+use crate::model::overlap::owned_spans;
 use crate::model::ObjectKey;
 use crate::ovs::bridge as ovsdb;
 use portiso_agent_api::{
@@ -109,14 +110,11 @@ impl Agent {
                 ));
             }
         }
-        let mut ports: Vec<_> = Vec::new();
-        for pr in &selecting {
-            for span in &pr.spec.ports {
-                if let Some((s, e)) = crate::model::overlap::valid_ports(span) {
-                    ports.push((span.protocol, s, e));
-                }
-            }
-        }
+        let ports: Vec<_> = selecting
+            .iter()
+            .flat_map(|pr| owned_spans(pr))
+            .map(|(_, p, s, e)| (p, s, e))
+            .collect();
         let host_if = link::host_if_name(&r.key.container_id, &r.key.ifname);
         let cidr = uplink.config.cidr();
         link::create(&SandboxLink {

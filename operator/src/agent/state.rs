@@ -2,6 +2,7 @@
 
 use crate::config::UplinkConfig;
 use crate::flows::{BridgeState, SandboxPorts};
+use crate::model::overlap::owned_spans;
 use crate::model::{selector, ObjectKey, PortRange, Protocol};
 use portiso_agent_api::AttachmentKey;
 use std::collections::BTreeMap;
@@ -74,11 +75,7 @@ pub fn ports_of(
     for r in accepted {
         let holder = owners.get(&(a.uplink.clone(), ObjectKey::of(r)));
         if holder.is_some_and(|h| h.key == a.key) {
-            for span in &r.spec.ports {
-                if let Some((s, e)) = crate::model::overlap::valid_ports(span) {
-                    ports.push((span.protocol, s, e));
-                }
-            }
+            ports.extend(owned_spans(r).into_iter().map(|(_, p, s, e)| (p, s, e)));
         }
     }
     ports.sort();

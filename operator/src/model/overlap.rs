@@ -20,11 +20,42 @@ pub struct PortEntry {
     pub end: u16,
 }
 
-/// The span as valid ports, or `None` if it is out of 1-65535 or reversed.
+/// The span's explicit ports, or `None` if it has none (a `size` span), or they are out of
+/// 1-65535 or reversed.
 pub fn valid_ports(span: &PortSpan) -> Option<(u16, u16)> {
-    let start = u16::try_from(span.start).ok().filter(|&p| p != 0)?;
-    let end = u16::try_from(span.end).ok().filter(|&p| p != 0)?;
+    let start = u16::try_from(span.start?).ok().filter(|&p| p != 0)?;
+    let end = u16::try_from(span.end?).ok().filter(|&p| p != 0)?;
     (start <= end).then_some((start, end))
+}
+
+/// The ports a range owns, span by span: explicit ones, and `size` spans as the operator
+/// allocated them in the status (a size span without an allocation owns nothing yet).
+/// Returns `(index in spec.ports, protocol, start, end)`.
+pub fn owned_spans(range: &PortRange) -> Vec<(usize, Protocol, u16, u16)> {
+    let allocations = range
+        .status
+        .as_ref()
+        .map(|s| &s.allocations[..])
+        .unwrap_or(&[]);
+    range
+        .spec
+        .ports
+        .iter()
+        .enumerate()
+        .filter_map(|(i, span)| {
+            let (start, end) = match valid_ports(span) {
+                Some(p) => p,
+                None if span.size.is_some() => {
+                    let a = allocations.iter().find(|a| a.index as usize == i)?;
+                    let start = u16::try_from(a.start).ok().filter(|&p| p != 0)?;
+                    let end = u16::try_from(a.end).ok()?;
+                    (start <= end).then_some((start, end))?
+                }
+                None => return None,
+            };
+            Some((i, span.protocol, start, end))
+        })
+        .collect()
 }
 
 /// Entries of `ranges`: a range with no `uplinks` claims its spans on every one of
@@ -40,16 +71,13 @@ pub fn expand_entries(ranges: &[PortRange], node_uplinks: &[String]) -> Vec<Port
         } else {
             &range.spec.uplinks[..]
         };
-        for (span_index, span) in range.spec.ports.iter().enumerate() {
-            let Some((start, end)) = valid_ports(span) else {
-                continue;
-            };
+        for (span_index, protocol, start, end) in owned_spans(range) {
             for uplink in uplinks {
                 entries.push(PortEntry {
                     owner,
                     span: span_index,
                     uplink: uplink.clone(),
-                    protocol: span.protocol,
+                    protocol,
                     start,
                     end,
                 });

@@ -152,7 +152,7 @@ spec:
         // Out-of-range ports are validate's to refuse, not the parser's.
         assert_eq!(
             (ranges[1].spec.ports[0].start, ranges[1].spec.ports[0].end),
-            (0, 70000)
+            (Some(0), Some(70000))
         );
     }
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::overlap::overlapping_interval_pairs;
-use super::portrange::{ObjectKey, PortRange, PortSpan, Protocol};
+use super::portrange::{ObjectKey, PortRange, PortSpan, Protocol, ALLOCATABLE_SIZES};
 use super::selector::selector_problems;
 
 /// One problem in one field.
@@ -74,20 +74,43 @@ pub fn validate(range: &PortRange) -> Result<(), ValidationError> {
         );
     }
     for (index, span) in ports.iter().enumerate() {
-        let start_ok = port_problem(span.start)
-            .map(|m| problem(format!("spec.ports[{index}].start"), m))
-            .is_none();
-        let end_ok = port_problem(span.end)
-            .map(|m| problem(format!("spec.ports[{index}].end"), m))
-            .is_none();
-        if start_ok && end_ok && span.start > span.end {
-            problem(
-                format!("spec.ports[{index}]"),
-                format!(
-                    "start {} is greater than end {}: swap them",
-                    span.start, span.end
-                ),
-            );
+        let at = |f: &str| format!("spec.ports[{index}]{f}");
+        match (span.start, span.end, span.size) {
+            (Some(_), _, Some(size)) | (_, Some(_), Some(size)) => problem(
+                at(""),
+                format!("has both start/end and size {size}: give either start and end, or size"),
+            ),
+            (None, None, Some(size)) => {
+                if !ALLOCATABLE_SIZES.contains(&size) {
+                    problem(
+                        at(".size"),
+                        format!(
+                            "{size} is not a power of two from 1 to 32768: round it up, e.g. to {}",
+                            ALLOCATABLE_SIZES
+                                .iter()
+                                .find(|&&s| s >= size)
+                                .unwrap_or(&32768)
+                        ),
+                    );
+                }
+            }
+            (Some(start), Some(end), None) => {
+                let start_ok = port_problem(start)
+                    .map(|m| problem(at(".start"), m))
+                    .is_none();
+                let end_ok = port_problem(end).map(|m| problem(at(".end"), m)).is_none();
+                if start_ok && end_ok && start > end {
+                    problem(
+                        at(""),
+                        format!("start {start} is greater than end {end}: swap them"),
+                    );
+                }
+            }
+            (None, _, None) => problem(at(".start"), "missing: give start and end, or size".into()),
+            (_, None, None) => problem(
+                at(".end"),
+                "missing: give end (equal to start for one port)".into(),
+            ),
         }
     }
     for (earlier, later) in conflicting_spans(ports) {
@@ -99,10 +122,12 @@ pub fn validate(range: &PortRange) -> Result<(), ValidationError> {
             )
         } else {
             format!(
-                "overlaps spec.ports[{earlier}] ({} vs {}-{}): merge or split them",
+                "overlaps spec.ports[{earlier}] ({} vs {}): merge or split them",
                 describe(a),
-                b.start,
-                b.end
+                describe(b)
+                    .split_once(' ')
+                    .map(|(_, p)| p.to_string())
+                    .unwrap_or_default()
             )
         };
         problem(format!("spec.ports[{later}]"), message);
@@ -132,12 +157,13 @@ pub fn validate(range: &PortRange) -> Result<(), ValidationError> {
     }
 }
 
-/// `TCP 10000-10015`, or `TCP 80` for a single port.
+/// `TCP 10000-10015`, `TCP 80` for a single port, or `TCP size 64`.
 pub(crate) fn describe(span: &PortSpan) -> String {
-    if span.start == span.end {
-        format!("{} {}", span.protocol, span.start)
-    } else {
-        format!("{} {}-{}", span.protocol, span.start, span.end)
+    match (span.start, span.end, span.size) {
+        (Some(s), Some(e), _) if s == e => format!("{} {s}", span.protocol),
+        (Some(s), Some(e), _) => format!("{} {s}-{e}", span.protocol),
+        (_, _, Some(size)) => format!("{} size {size}", span.protocol),
+        _ => format!("{} (incomplete)", span.protocol),
     }
 }
 
@@ -196,11 +222,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
     fn span(protocol: Protocol, start: u32, end: u32) -> PortSpan {
-        PortSpan {
-            protocol,
-            start,
-            end,
-        }
+        PortSpan::ports(protocol, start, end)
     }
 
     fn range(ports: Vec<PortSpan>, uplinks: &[&str]) -> PortRange {
