@@ -22,7 +22,10 @@ pub use arbitrate::{arbitrate, RangeVerdict, Verdict};
 pub use crd::crd_yaml;
 pub use overlap::{expand_entries, overlapping_pairs, reserved_hits, PortEntry};
 pub use parse::{parse_portranges_yaml, ParseError};
-pub use portrange::{ObjectKey, PortRange, PortRangeSpec, PortRangeStatus, PortSpan, Protocol};
+pub use portrange::{
+    Allocation, ObjectKey, PortRange, PortRangeSpec, PortRangeStatus, PortSpan, Protocol,
+    ALLOCATABLE_SIZES,
+};
 pub use ports::{cover, PortBlock};
 pub use selector::matches;
 pub use validate::{validate, Problem, ValidationError};
