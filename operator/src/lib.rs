@@ -15,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod exec;
 pub mod flows;
+pub mod k8s;
 pub mod link;
 pub mod model;
 pub mod ovs;

@@ -25,6 +25,9 @@ enum Command {
     /// Build a throwaway node in network namespaces, attach two sandboxes through the real
     /// agent and CNI plugin, send real traffic and show where it landed.
     Demo,
+    /// Run the cluster operator: decide and report every PortRange's status, allocate `size`
+    /// spans, and serve the admission webhook.
+    Operator(Box<portiso::k8s::operator::OperatorArgs>),
     /// Print the PortRange CustomResourceDefinition as YAML.
     Crd,
 }
@@ -45,6 +48,9 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?.block_on(portiso::agent::serve(agent))
         }
         Command::Demo => portiso::demo::run(),
+        Command::Operator(args) => {
+            tokio::runtime::Runtime::new()?.block_on(portiso::k8s::operator::run(*args))
+        }
         Command::Crd => {
             print!("{}", portiso::model::crd_yaml()?);
             Ok(())

@@ -12,6 +12,7 @@
 //! everything is removed on drop, and leftovers of an earlier run with the same name are
 //! removed first.
 
+pub mod kube;
 pub mod netns;
 
 use crate::exec::{run, run_with_env, ExecError};

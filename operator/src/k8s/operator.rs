@@ -1,0 +1,278 @@
+//! `portiso operator`: watches every PortRange, and — while it holds the leader Lease — writes
+//! each one's decision (Accepted, allocations, ports) to its status; every replica serves the
+//! admission webhook from the same watch cache.
+
+use super::{tls, webhook, FIELD_MANAGER, FINALIZER};
+use crate::cluster::{decide, status_for, Decision, Pool};
+use crate::model::{ObjectKey, PortRange, Verdict};
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct OperatorArgs {
+    /// Where the admission webhook listens (TLS).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub webhook_addr: SocketAddr,
+    /// PEM certificate for the webhook; without it a self-signed one is shared through a Secret.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// ValidatingWebhookConfiguration whose caBundle the operator sets to its self-signed certificate.
+    #[arg(long)]
+    pub webhook_config_name: Option<String>,
+    /// The webhook Service's name (the certificate's DNS name; the Secret is `<name>-tls`).
+    #[arg(long, default_value = "portiso-webhook")]
+    pub webhook_service: String,
+    /// Ports the operator allocates `size` spans from.
+    #[arg(long, default_value = "20000-29999")]
+    pub pool: Pool,
+    /// Host ports no PortRange may own, comma-separated spans.
+    #[arg(long, value_delimiter = ',', default_value = "0-9999")]
+    pub reserved_host_ports: Vec<String>,
+    /// The coordination.k8s.io Lease that elects the one replica that writes.
+    #[arg(long, default_value = "portiso-operator")]
+    pub lease_name: String,
+    /// Lease validity in seconds; a new leader takes over at most this long after the old one died.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration: u64,
+    /// The namespace of the Lease and the Secret.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Serve Prometheus metrics here (plain HTTP).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Default)]
+struct Metrics {
+    leader: AtomicBool,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    status_writes: AtomicU64,
+    write_errors: AtomicU64,
+}
+
+impl Metrics {
+    fn render(&self) -> String {
+        format!(
+            "# TYPE portiso_operator_leader gauge\nportiso_operator_leader {}\n\
+             # TYPE portiso_operator_portranges gauge\nportiso_operator_portranges{{verdict=\"accepted\"}} {}\nportiso_operator_portranges{{verdict=\"refused\"}} {}\n\
+             # TYPE portiso_operator_status_writes_total counter\nportiso_operator_status_writes_total {}\n\
+             # TYPE portiso_operator_write_errors_total counter\nportiso_operator_write_errors_total {}\n",
+            self.leader.load(Ordering::Relaxed) as u8,
+            self.accepted.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+            self.status_writes.load(Ordering::Relaxed),
+            self.write_errors.load(Ordering::Relaxed),
+        )
+    }
+}
+
+pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
+    let reserved = args
+        .reserved_host_ports
+        .iter()
+        .map(|s| {
+            crate::config::parse_port_span(s)
+                .map_err(|e| anyhow::anyhow!("--reserved-host-ports: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let client = Client::try_default().await?;
+    let ranges: Api<PortRange> = Api::all(client.clone());
+
+    // One watch cache for the status writer and the webhook.
+    let (store, writer) = reflector::store();
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let stream = reflector(writer, watcher(ranges.clone(), watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
+    let notify = changed.clone();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "PortRange watch");
+            }
+            notify.notify_one();
+        }
+    });
+
+    let cert = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => tls::ServingCert {
+            cert_pem: std::fs::read(c)?,
+            key_pem: std::fs::read(k)?,
+        },
+        _ => {
+            let secret = format!("{}-tls", args.webhook_service);
+            let cert =
+                tls::shared_cert(&client, &args.namespace, &secret, &args.webhook_service).await?;
+            if let Some(vwc) = &args.webhook_config_name {
+                tls::patch_ca_bundle(&client, vwc, &cert.cert_pem).await?;
+            }
+            cert
+        }
+    };
+    let state = webhook::WebhookState {
+        ranges: store.clone(),
+        reserved: Arc::new(reserved.clone()),
+    };
+    let addr = args.webhook_addr;
+    let webhook =
+        tokio::spawn(async move { webhook::serve(addr, cert.cert_pem, cert.key_pem, state).await });
+
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = args.metrics_addr {
+        let m = metrics.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || async move { m.render() }),
+        );
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("portiso-operator-{}", std::process::id()));
+    let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&args.namespace)
+        .with_identity(&identity)
+        .with_duration(args.lease_duration)
+        .with_grace((args.lease_duration / 3).max(1))
+        .build()
+        .await?;
+    let (mut leader, _lease_task) = lease.watch().await;
+    tracing::info!(%identity, lease = %args.lease_name, "waiting for PortRanges and the lease");
+    store.wait_until_ready().await?;
+
+    let writer = StatusWriter {
+        api: ranges,
+        pool: args.pool,
+        reserved,
+        metrics: metrics.clone(),
+    };
+    loop {
+        let is_leader = *leader.borrow_and_update();
+        if metrics.leader.swap(is_leader, Ordering::Relaxed) != is_leader {
+            tracing::info!(%identity, is_leader, "leadership changed");
+        }
+        if is_leader {
+            let snapshot: Vec<PortRange> = store.state().iter().map(|r| (**r).clone()).collect();
+            writer.write_all(&snapshot).await;
+        }
+        if webhook.is_finished() {
+            anyhow::bail!("the admission webhook server stopped");
+        }
+        tokio::select! {
+            _ = changed.notified() => {}
+            r = leader.changed() => r?,
+            // A periodic pass repairs statuses someone else overwrote.
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+    }
+}
+
+struct StatusWriter {
+    api: Api<PortRange>,
+    pool: Pool,
+    reserved: Vec<(u16, u16)>,
+    metrics: Arc<Metrics>,
+}
+
+impl StatusWriter {
+    /// Decides every live range and writes what changed: finalizers, then statuses.
+    async fn write_all(&self, ranges: &[PortRange]) {
+        let (deleting, live): (Vec<&PortRange>, Vec<&PortRange>) = ranges
+            .iter()
+            .partition(|r| r.metadata.deletion_timestamp.is_some());
+        for r in deleting {
+            // Its ports are free as soon as it is out of `live`; let the API server finish.
+            if r.finalizers().iter().any(|f| f == FINALIZER) {
+                let keep: Vec<&String> =
+                    r.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+                self.patch_meta(r, serde_json::json!({"metadata": {"finalizers": keep, "resourceVersion": r.resource_version()}})).await;
+            }
+        }
+        let live: Vec<PortRange> = live.into_iter().cloned().collect();
+        let decisions = decide(&live, self.pool, &self.reserved);
+        let accepted = decisions
+            .iter()
+            .filter(|d| d.verdict == Verdict::Accepted)
+            .count();
+        self.metrics
+            .accepted
+            .store(accepted as u64, Ordering::Relaxed);
+        self.metrics
+            .refused
+            .store((decisions.len() - accepted) as u64, Ordering::Relaxed);
+        // Whole seconds: the API server stores no more, and a finer time would never compare equal.
+        let now = Time(
+            k8s_openapi::jiff::Timestamp::from_second(
+                k8s_openapi::jiff::Timestamp::now().as_second(),
+            )
+            .unwrap_or_default(),
+        );
+        for (r, d) in live.iter().zip(&decisions) {
+            let sized = r.spec.ports.iter().any(|p| p.size.is_some());
+            if sized && !r.finalizers().iter().any(|f| f == FINALIZER) {
+                let mut fins: Vec<String> = r.finalizers().to_vec();
+                fins.push(FINALIZER.into());
+                self.patch_meta(r, serde_json::json!({"metadata": {"finalizers": fins, "resourceVersion": r.resource_version()}})).await;
+            }
+            self.write_status(r, d, now.clone()).await;
+        }
+    }
+
+    async fn patch_meta(&self, r: &PortRange, patch: serde_json::Value) {
+        let api: Api<PortRange> =
+            Api::namespaced(self.api.clone().into_client(), &ObjectKey::of(r).namespace);
+        if let Err(e) = api
+            .patch(&r.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            // A conflict means a newer version is on its way through the watch.
+            self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(portrange = %ObjectKey::of(r), error = %e, "could not update finalizers");
+        }
+    }
+
+    async fn write_status(&self, r: &PortRange, d: &Decision, now: Time) {
+        let status = status_for(r, d, now);
+        if r.status.as_ref() == Some(&status) {
+            return;
+        }
+        let key = ObjectKey::of(r);
+        let api: Api<PortRange> = Api::namespaced(self.api.clone().into_client(), &key.namespace);
+        let patch = serde_json::json!({"apiVersion": "portiso.io/v1alpha1", "kind": "PortRange", "status": status});
+        match api
+            .patch_status(
+                &key.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                self.metrics.status_writes.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(portrange = %key, verdict = ?d.verdict, ports = %d.ports, "status written");
+            }
+            Err(e) => {
+                self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(portrange = %key, error = %e, "could not write status");
+            }
+        }
+    }
+}

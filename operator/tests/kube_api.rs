@@ -1,0 +1,435 @@
+//! The PortRange API, the operator and its admission webhook against a real kube-apiserver
+//! (etcd + kube-apiserver of a pinned release on loopback, see `portiso::testbed::kube`).
+
+use portiso::testbed::kube::KubeTestServer;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn server(name: &str) -> KubeTestServer {
+    let s = KubeTestServer::start(name, &workspace()).expect("kube-apiserver starts");
+    s.kubectl(&[
+        "apply",
+        "-f",
+        workspace().join("crds/portrange.yaml").to_str().unwrap(),
+    ])
+    .unwrap();
+    s.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/portranges.portiso.io",
+    ])
+    .unwrap();
+    s
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `portiso operator` as a child process; killed on drop.
+struct Operator {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Operator {
+    /// Starts a replica; its webhook listens on `webhook_port` (any free port if 0).
+    fn start(s: &KubeTestServer, identity: &str, webhook_port: u16, extra: &[&str]) -> Self {
+        let log = s.dir.join(format!("operator-{identity}.log"));
+        let port = if webhook_port == 0 {
+            free_port()
+        } else {
+            webhook_port
+        };
+        let child = Command::new(env!("CARGO_BIN_EXE_portiso"))
+            .arg("operator")
+            .args([
+                "--webhook-addr",
+                &format!("127.0.0.1:{port}"),
+                "--namespace",
+                "default",
+                "--identity",
+                identity,
+            ])
+            .args(["--lease-duration", "6", "--reserved-host-ports", "0-9999"])
+            .args(extra)
+            .env("KUBECONFIG", &s.kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Operator { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn eventually<T>(what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
+    eventually_or(what, secs, f, String::new)
+}
+
+/// Like `eventually`, with `context` (e.g. a log) in the failure message.
+fn eventually_or<T>(
+    what: &str,
+    secs: u64,
+    mut f: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for: {what}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn apply(s: &KubeTestServer, yaml: &str) -> anyhow::Result<String> {
+    let f = s.dir.join(format!("obj-{}.yaml", free_port()));
+    std::fs::write(&f, yaml).unwrap();
+    s.kubectl(&["apply", "-f", f.to_str().unwrap()])
+}
+
+fn pr(name: &str, ports: &str) -> String {
+    format!("apiVersion: portiso.io/v1alpha1\nkind: PortRange\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  ports: {ports}\n")
+}
+
+fn jsonpath(s: &KubeTestServer, name: &str, path: &str) -> String {
+    s.kubectl(&["get", "pr", name, "-o", &format!("jsonpath={path}")])
+        .unwrap_or_default()
+}
+
+fn accepted(s: &KubeTestServer, name: &str) -> String {
+    jsonpath(
+        s,
+        name,
+        "{.status.conditions[?(@.type==\"Accepted\")].status}",
+    )
+}
+
+#[test]
+fn the_api_server_itself_rejects_invalid_portranges() {
+    let s = server("crd");
+    let cases = [
+        (
+            "[{protocol: TCP, start: 2000, end: 1000}]",
+            "start is greater than end",
+        ),
+        (
+            "[{protocol: TCP, start: 0, end: 10}]",
+            "should be greater than or equal to 1",
+        ),
+        (
+            "[{protocol: UDP, start: 10, end: 70000}]",
+            "should be less than or equal to 65535",
+        ),
+        (
+            "[{protocol: SCTP, start: 10, end: 20}]",
+            "supported values: \"TCP\", \"UDP\"",
+        ),
+        (
+            "[{protocol: TCP, start: 10, end: 20, size: 16}]",
+            "give either start and end, or size",
+        ),
+        ("[{protocol: TCP, start: 10}]", "give both start and end"),
+        ("[{protocol: TCP, size: 3}]", "supported values"),
+        (
+            "[{protocol: TCP, start: 10, end: 20}, {protocol: TCP, start: 15, end: 30}]",
+            "overlap or repeat",
+        ),
+        ("[]", "should have at least 1 items"),
+    ];
+    for (ports, why) in cases {
+        let err = apply(&s, &pr("bad", ports)).expect_err(ports).to_string();
+        assert!(err.contains(why), "{ports}: expected {why:?} in: {err}");
+    }
+    apply(&s, &pr("good", "[{protocol: TCP, start: 10, end: 20}, {protocol: UDP, start: 15, end: 30}, {protocol: TCP, size: 64}]")).unwrap();
+    let cols = s.kubectl(&["get", "pr"]).unwrap();
+    for col in [
+        "NAME",
+        "PORTS",
+        "UPLINKS",
+        "ACCEPTED",
+        "PROGRAMMED",
+        "SANDBOXES",
+        "AGE",
+    ] {
+        assert!(cols.contains(col), "printer column {col}: {cols}");
+    }
+}
+
+#[test]
+fn the_operator_decides_allocates_and_keeps_allocations_across_restarts() {
+    let s = server("oper");
+    apply(
+        &s,
+        &pr("first", "[{protocol: TCP, start: 10000, end: 10099}]"),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1100)); // creationTimestamp has one-second resolution
+    apply(
+        &s,
+        &pr("second", "[{protocol: TCP, start: 10050, end: 10150}]"),
+    )
+    .unwrap();
+    apply(
+        &s,
+        &pr(
+            "sized",
+            "[{protocol: UDP, size: 64}, {protocol: TCP, start: 11000, end: 11000}]",
+        ),
+    )
+    .unwrap();
+    let op = Operator::start(&s, "solo", 0, &[]);
+    eventually("first accepted", 30, || {
+        (accepted(&s, "first") == "True").then_some(())
+    });
+    eventually("second refused", 30, || {
+        (accepted(&s, "second") == "False").then_some(())
+    });
+    let msg = jsonpath(
+        &s,
+        "second",
+        "{.status.conditions[?(@.type==\"Accepted\")].message}",
+    );
+    assert!(
+        msg.contains("default/first") && msg.contains("10050-10099"),
+        "{msg}\n{}",
+        op.log()
+    );
+    assert_eq!(
+        jsonpath(&s, "second", "{.status.conditions[0].reason}"),
+        "Conflict"
+    );
+    let alloc = eventually("allocation", 30, || {
+        let a = jsonpath(
+            &s,
+            "sized",
+            "{.status.allocations[0].start}-{.status.allocations[0].end}",
+        );
+        (a.len() > 2).then_some(a)
+    });
+    assert_eq!(
+        alloc, "20032-20095",
+        "the first aligned 64-port block of the default pool 20000-29999"
+    );
+    assert_eq!(
+        jsonpath(&s, "sized", "{.status.ports}"),
+        "UDP 20032-20095, TCP 11000"
+    );
+    assert_eq!(
+        jsonpath(&s, "sized", "{.metadata.finalizers[0]}"),
+        "portiso.io/allocation"
+    );
+    assert_eq!(jsonpath(&s, "first", "{.status.observedGeneration}"), "1");
+
+    // Restart: allocations are kept, nothing is rewritten.
+    drop(op);
+    apply(&s, &pr("sized2", "[{protocol: UDP, size: 64}]")).unwrap();
+    let op = Operator::start(&s, "solo", 0, &[]);
+    let alloc2 = eventually("second allocation", 30, || {
+        let a = jsonpath(&s, "sized2", "{.status.allocations[0].start}");
+        (!a.is_empty()).then_some(a)
+    });
+    assert_eq!(
+        jsonpath(&s, "sized", "{.status.allocations[0].start}"),
+        "20032",
+        "kept across the restart"
+    );
+    assert_eq!(alloc2, "20096", "the next free block");
+
+    // The status follows edits; deleting frees the block (the finalizer is removed).
+    apply(
+        &s,
+        &pr("first", "[{protocol: TCP, start: 10000, end: 10010}]"),
+    )
+    .unwrap();
+    eventually("second accepted once first shrank", 30, || {
+        (accepted(&s, "second") == "True").then_some(())
+    });
+    s.kubectl(&["delete", "pr", "sized", "--wait=true", "--timeout=30s"])
+        .unwrap();
+    apply(&s, &pr("sized3", "[{protocol: UDP, size: 64}]")).unwrap();
+    let alloc3 = eventually("third allocation", 30, || {
+        let a = jsonpath(&s, "sized3", "{.status.allocations[0].start}");
+        (!a.is_empty()).then_some(a)
+    });
+    assert_eq!(
+        alloc3,
+        "20032",
+        "the freed block is handed out again\n{}",
+        op.log()
+    );
+}
+
+fn webhook_config(s: &KubeTestServer, port: u16) {
+    let vwc = format!(
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata: {{name: portiso-test}}\nwebhooks:\n- name: portranges.portiso.io\n  clientConfig: {{url: \"https://127.0.0.1:{port}/validate\"}}\n  rules: [{{apiGroups: [portiso.io], apiVersions: [v1alpha1], operations: [CREATE, UPDATE], resources: [portranges]}}]\n  failurePolicy: Fail\n  sideEffects: None\n  timeoutSeconds: 5\n  admissionReviewVersions: [v1]\n"
+    );
+    apply(s, &vwc).unwrap();
+}
+
+#[test]
+fn the_webhook_is_called_over_tls_and_refuses_overlaps_naming_the_other() {
+    let s = server("hook");
+    let port = free_port();
+    webhook_config(&s, port);
+    let op = Operator::start(&s, "hook", port, &["--webhook-config-name", "portiso-test"]);
+    let ca = eventually_or(
+        "caBundle patched",
+        30,
+        || {
+            let b = s
+                .kubectl(&[
+                    "get",
+                    "validatingwebhookconfiguration",
+                    "portiso-test",
+                    "-o",
+                    "jsonpath={.webhooks[0].clientConfig.caBundle}",
+                ])
+                .ok()?;
+            (!b.is_empty()).then_some(b)
+        },
+        || op.log(),
+    );
+    assert!(ca.len() > 100);
+    // The webhook is called for every create (failurePolicy Fail): wait until it answers.
+    eventually("webhook answers", 30, || {
+        apply(
+            &s,
+            &pr("web", "[{protocol: TCP, start: 10000, end: 10099}]"),
+        )
+        .ok()
+    });
+    eventually("web accepted", 30, || {
+        (accepted(&s, "web") == "True").then_some(())
+    });
+
+    let err = apply(
+        &s,
+        &pr("thief", "[{protocol: TCP, start: 10090, end: 10200}]"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("denied the request")
+            && err.contains("default/web")
+            && err.contains("10090-10099"),
+        "{err}\n{}",
+        op.log()
+    );
+    let err = apply(&s, &pr("lowly", "[{protocol: UDP, start: 53, end: 53}]"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("reserved"), "{err}");
+    apply(
+        &s,
+        &pr("other", "[{protocol: TCP, start: 10100, end: 10199}]"),
+    )
+    .unwrap();
+    eventually("other accepted", 30, || {
+        (accepted(&s, "other") == "True").then_some(())
+    });
+    // An update that moves a range onto another's ports is refused; shrinking is fine.
+    let err = apply(
+        &s,
+        &pr("other", "[{protocol: TCP, start: 10050, end: 10199}]"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("default/web"), "{err}");
+    apply(
+        &s,
+        &pr("other", "[{protocol: TCP, start: 10100, end: 10149}]"),
+    )
+    .unwrap();
+    // Different protocol, same ports: fine.
+    apply(
+        &s,
+        &pr("udp", "[{protocol: UDP, start: 10000, end: 10099}]"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn two_replicas_elect_one_leader_and_the_other_takes_over() {
+    let s = server("lease");
+    let a = Operator::start(&s, "replica-a", 0, &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    let b = Operator::start(&s, "replica-b", 0, &[]);
+    let holder = || {
+        s.kubectl(&[
+            "get",
+            "lease",
+            "portiso-operator",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .unwrap_or_default()
+    };
+    eventually("a holds the lease", 30, || {
+        (holder() == "replica-a").then_some(())
+    });
+    apply(
+        &s,
+        &pr("one", "[{protocol: TCP, start: 12000, end: 12009}]"),
+    )
+    .unwrap();
+    eventually("one accepted", 30, || {
+        (accepted(&s, "one") == "True").then_some(())
+    });
+    assert!(a.log().contains("status written"), "the leader writes");
+    assert!(
+        !b.log().contains("status written"),
+        "the follower does not write:\n{}",
+        b.log()
+    );
+
+    let killed = Instant::now();
+    drop(a);
+    eventually("b takes over", 30, || {
+        (holder() == "replica-b").then_some(())
+    });
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(6 + 3),
+        "handover within the lease duration (6 s) plus a renewal: {took:?}"
+    );
+    apply(
+        &s,
+        &pr("two", "[{protocol: TCP, start: 12005, end: 12019}]"),
+    )
+    .unwrap();
+    eventually("two refused by the new leader", 30, || {
+        (accepted(&s, "two") == "False").then_some(())
+    });
+    assert!(b.log().contains("status written"));
+}
