@@ -89,9 +89,13 @@ if has_all "$BIN_DIR"; then
     exit 0
 fi
 
+# Leftovers of an interrupted build (we hold the lock, so none is live).
+rm -rf "$BIN_DIR"/.tmp.*
 TMP_OUT=$(mktemp -d "$BIN_DIR/.tmp.XXXXXX")
 cleanup() { rm -rf "$TMP_OUT"; }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 log "$("$GO_BIN" version) ; GOPROXY=$("$GO_BIN" env GOPROXY)"
 log "building into $BIN_DIR (build modules in $BUILD_DIR)"

@@ -56,6 +56,7 @@ struct RawConfig {
     socket: Option<PathBuf>,
     #[serde(default)]
     datapath: DatapathChoice,
+    gc_grace_seconds: Option<u64>,
 }
 
 /// One uplink: a NIC, the bridge built around it, and the address the host and its
@@ -84,6 +85,9 @@ pub struct AgentConfig {
     pub ranges_dir: PathBuf,
     pub socket: PathBuf,
     pub datapath: DatapathChoice,
+    /// How long a sandbox must be gone (cluster mode: its pod deleted) before the agent removes
+    /// its port and flows.
+    pub gc_grace: std::time::Duration,
 }
 
 impl AgentConfig {
@@ -147,6 +151,7 @@ impl AgentConfig {
                 .socket
                 .unwrap_or_else(|| PathBuf::from(portiso_agent_api::DEFAULT_SOCKET)),
             datapath: raw.datapath,
+            gc_grace: std::time::Duration::from_secs(raw.gc_grace_seconds.unwrap_or(30)),
         })
     }
 

@@ -87,17 +87,7 @@ fn create_inner(l: &SandboxLink) -> Result<(), ExecError> {
             &["route", "replace", "default", "via", gw, "dev", l.ifname],
         )?;
     }
-    if let Some((lo, hi)) = l.local_ports {
-        in_netns(
-            l.netns,
-            "sysctl",
-            &[
-                "-q",
-                "-w",
-                &format!("net.ipv4.ip_local_port_range={lo} {hi}"),
-            ],
-        )?;
-    }
+    set_local_ports(l.netns, l.local_ports)?;
     if l.checksum_offload_off {
         run("ethtool", &["-K", l.host_if, "tx", "off"])?;
         in_netns(l.netns, "ethtool", &["-K", l.ifname, "tx", "off"])?;
@@ -107,6 +97,21 @@ fn create_inner(l: &SandboxLink) -> Result<(), ExecError> {
     }
     run("ip", &["link", "set", l.host_if, "up"])?;
     Ok(())
+}
+
+/// Sets net.ipv4.ip_local_port_range in the sandbox.
+pub fn set_local_ports(netns: &str, range: Option<(u16, u16)>) -> Result<(), ExecError> {
+    let Some((lo, hi)) = range else { return Ok(()) };
+    in_netns(
+        netns,
+        "sysctl",
+        &[
+            "-q",
+            "-w",
+            &format!("net.ipv4.ip_local_port_range={lo} {hi}"),
+        ],
+    )
+    .map(|_| ())
 }
 
 /// Deletes the host end (which takes the sandbox end with it). Already gone is fine.

@@ -21,6 +21,12 @@ enum Command {
         /// The agent's YAML config.
         #[arg(long, default_value = "/etc/portiso/agent.yaml")]
         config: PathBuf,
+        /// Cluster mode: PortRanges and pod labels come from the Kubernetes API.
+        #[arg(long)]
+        kubernetes: bool,
+        /// This node's name (cluster mode): only its pods are watched.
+        #[arg(long, env = "NODE_NAME", required_if_eq("kubernetes", "true"))]
+        node_name: Option<String>,
     },
     /// Build a throwaway node in network namespaces, attach two sandboxes through the real
     /// agent and CNI plugin, send real traffic and show where it landed.
@@ -42,10 +48,27 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
-        Command::Agent { config } => {
+        Command::Agent {
+            config,
+            kubernetes,
+            node_name,
+        } => {
             let config = portiso::config::AgentConfig::load(&config)?;
-            let agent = portiso::agent::Agent::start(config, Box::new(portiso::ovs::OvsCli))?;
-            tokio::runtime::Runtime::new()?.block_on(portiso::agent::serve(agent))
+            let rt = tokio::runtime::Runtime::new()?;
+            let sources: Box<dyn portiso::agent::sources::Sources> = if kubernetes {
+                let node = node_name.unwrap_or_default();
+                Box::new(rt.block_on(async {
+                    let client = kube::Client::try_default().await?;
+                    portiso::k8s::agent::KubeSources::start(client, &node).await
+                })?)
+            } else {
+                Box::new(portiso::agent::sources::FileSources::new(
+                    config.ranges_dir.clone(),
+                ))
+            };
+            let agent =
+                portiso::agent::Agent::start(config, Box::new(portiso::ovs::OvsCli), sources)?;
+            rt.block_on(portiso::agent::serve(agent))
         }
         Command::Demo => portiso::demo::run(),
         Command::Operator(args) => {

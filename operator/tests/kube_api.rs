@@ -3,7 +3,7 @@
 
 use portiso::testbed::kube::KubeTestServer;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 fn workspace() -> PathBuf {
@@ -54,7 +54,8 @@ impl Operator {
         } else {
             webhook_port
         };
-        let child = Command::new(env!("CARGO_BIN_EXE_portiso"))
+        let child = s
+            .command(Path::new(env!("CARGO_BIN_EXE_portiso")))
             .arg("operator")
             .args([
                 "--webhook-addr",
@@ -66,7 +67,6 @@ impl Operator {
             ])
             .args(["--lease-duration", "6", "--reserved-host-ports", "0-9999"])
             .args(extra)
-            .env("KUBECONFIG", &s.kubeconfig)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -432,4 +432,154 @@ fn two_replicas_elect_one_leader_and_the_other_takes_over() {
         (accepted(&s, "two") == "False").then_some(())
     });
     assert!(b.log().contains("status written"));
+}
+
+fn pod(name: &str, app: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}\nspec:\n  nodeName: node1\n  containers: [{{name: c, image: none}}]\n"
+    )
+}
+
+/// The agent in cluster mode on a testbed node, with the API server, operator and agent all in
+/// the node's namespace; pods are API objects (no kubelet), sandboxes attached by CNI ADD.
+#[test]
+fn the_agent_in_cluster_mode_follows_pods_and_portranges() {
+    use portiso::testbed::Testbed;
+    let mut tb = Testbed::new("kagent", Path::new(env!("CARGO_BIN_EXE_portiso"))).unwrap();
+    let s = KubeTestServer::start_in("kagent", &workspace(), Some(&tb.node)).unwrap();
+    s.kubectl(&[
+        "apply",
+        "-f",
+        workspace().join("crds/portrange.yaml").to_str().unwrap(),
+    ])
+    .unwrap();
+    s.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/portranges.portiso.io",
+    ])
+    .unwrap();
+    let _op = Operator::start(&s, "kagent", 0, &[]);
+    apply(
+        &s,
+        &pr("web", "[{protocol: TCP, start: 10000, end: 10099}]"),
+    )
+    .unwrap();
+    eventually("web accepted", 30, || {
+        (accepted(&s, "web") == "True").then_some(())
+    });
+    apply(&s, &pod("web-0", "web")).unwrap();
+    apply(&s, &pod("web-1", "web")).unwrap();
+    tb.start_agent_with(
+        &["--kubernetes", "--node-name", "node1"],
+        &[("KUBECONFIG", &s.kubeconfig)],
+    )
+    .unwrap();
+
+    // The pod's labels select the PortRange: attached, and traffic lands there.
+    tb.attach("web-0", "up1").unwrap();
+    assert_eq!(
+        tb.probe(false, 0, 10000, &["web-0"]).unwrap().landed,
+        ["web-0"]
+    );
+    // A second pod on this node selected by the same PortRange is refused, naming both.
+    let err = tb.attach("web-1", "up1").unwrap_err().to_string();
+    assert!(
+        err.contains("default/web") && err.contains("default/web-0"),
+        "{err}"
+    );
+
+    // A PortRange edit reaches the running sandbox: flows and ip_local_port_range.
+    apply(
+        &s,
+        &pr("web", "[{protocol: TCP, start: 10500, end: 10599}]"),
+    )
+    .unwrap();
+    let ns = tb.sandbox_ns("web-0");
+    eventually_or(
+        "the new range in web-0",
+        30,
+        || {
+            let r = portiso::testbed::netns::run_in(&ns, || {
+                std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            })
+            .ok()?
+            .ok()?;
+            (r.split_whitespace().collect::<Vec<_>>() == ["10500", "10599"]).then_some(())
+        },
+        || tb.agent_log(),
+    );
+    assert_eq!(
+        tb.probe(false, 0, 10500, &["web-0"]).unwrap().landed,
+        ["web-0"],
+        "{}",
+        tb.agent_log()
+    );
+    assert_eq!(
+        tb.probe(false, 0, 10000, &["web-0"]).unwrap().landed,
+        ["host"]
+    );
+
+    // ADD waits for a PortRange that is being created.
+    apply(&s, &pod("late-0", "late")).unwrap();
+    let adder = {
+        let ranges = pr("late", "[{protocol: UDP, start: 11000, end: 11009}]");
+        let s_kubeconfig = s.kubeconfig.clone();
+        let netns = tb.node.clone();
+        let kubectl = s.bin.join("kubectl");
+        let file = s.dir.join("late.yaml");
+        std::fs::write(&file, ranges).unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &netns])
+                .arg(kubectl)
+                .args(["apply", "-f"])
+                .arg(file)
+                .env("KUBECONFIG", s_kubeconfig)
+                .status()
+                .unwrap()
+        })
+    };
+    tb.attach("late-0", "up1")
+        .expect("ADD waits for the PortRange and then succeeds");
+    assert!(adder.join().unwrap().success());
+    assert_eq!(
+        tb.probe(true, 0, 11005, &["late-0"]).unwrap().landed,
+        ["late-0"]
+    );
+
+    // A deleted pod's port and flows are removed by the agent itself (no DEL from Multus).
+    // No kubelet runs to confirm the deletion: the pod stays Terminating, and is gone for the
+    // agent once its grace period (1 s) is over.
+    s.kubectl(&["delete", "pod", "web-0", "--grace-period=1", "--wait=false"])
+        .unwrap();
+    let host_if = portiso::link::host_if_name("ctr-web-0", "eth0");
+    eventually_or(
+        "web-0's port removed",
+        30,
+        || {
+            (!tb.node_cmd("ovs-vsctl", &["list-ports", "br-up1"])
+                .unwrap()
+                .contains(&host_if))
+            .then_some(())
+        },
+        || {
+            format!(
+                "{}\n{:?}",
+                tb.agent_log(),
+                s.kubectl(&["get", "pod", "web-0", "-o", "yaml"])
+            )
+        },
+    );
+    assert_eq!(
+        tb.probe(false, 0, 10500, &["late-0"]).unwrap().landed,
+        ["host"]
+    );
+    assert_eq!(
+        tb.probe(true, 0, 11006, &["late-0"]).unwrap().landed,
+        ["late-0"],
+        "the live pod is untouched"
+    );
 }

@@ -72,10 +72,15 @@ impl Agent {
             ));
         }
         let sandbox = format!("{}/{}", r.sandbox_namespace, r.sandbox_name);
-        let labels = std::collections::BTreeMap::from([(
-            state::SANDBOX_LABEL.to_string(),
-            r.sandbox_name.clone(),
-        )]);
+        let labels = self
+            .sources
+            .labels(&r.sandbox_namespace, &r.sandbox_name)
+            .ok_or_else(|| {
+                AgentError::new(
+                    code::TRY_AGAIN_LATER,
+                    format!("sandbox {sandbox} is not known on this node yet (no such pod scheduled here): try again"),
+                )
+            })?;
         let selecting: Vec<_> = self
             .accepted
             .iter()
@@ -166,6 +171,8 @@ impl Agent {
             netns: r.netns.clone(),
             host_if: host_if.clone(),
             ofport,
+            local_ports: state::local_port_range(&ports),
+            labels,
         };
         self.attachments.push(attachment.clone());
         if let Err(e) = self.reconcile(&uplink) {
@@ -176,6 +183,51 @@ impl Agent {
         }
         tracing::info!(%sandbox, uplink = %r.uplink, port = %host_if, ofport, "sandbox attached");
         Ok(self.attached(&attachment))
+    }
+
+    /// Whether an ADD should wait: the source may still deliver the sandbox's labels or a
+    /// PortRange for it (cluster mode, where pods and PortRanges are created concurrently).
+    pub fn should_wait_for(&self, r: &AttachRequest) -> bool {
+        if !self.sources.wait_for_ranges() || self.find(&r.key).is_some() {
+            return false;
+        }
+        match self.sources.labels(&r.sandbox_namespace, &r.sandbox_name) {
+            None => true,
+            Some(labels) => !self
+                .accepted
+                .iter()
+                .any(|pr| state::selects(pr, &r.sandbox_namespace, &labels, &r.uplink)),
+        }
+    }
+
+    /// Detaches sandboxes whose source says they are gone (cluster mode: the pod was deleted
+    /// and the runtime never sent DEL, as Multus never sends GC), after a grace period so that
+    /// a pod still being created is never touched.
+    pub fn collect_gone(&mut self) {
+        let now = std::time::Instant::now();
+        let gone: Vec<AttachmentKey> = self
+            .attachments
+            .iter()
+            .filter(|a| self.sources.gone(&a.sandbox_namespace, &a.sandbox_name))
+            .map(|a| a.key.clone())
+            .collect();
+        self.gone_since.retain(|k, _| gone.contains(k));
+        for key in gone {
+            let since = *self.gone_since.entry(key.clone()).or_insert(now);
+            if now.duration_since(since) < self.config.gc_grace {
+                continue;
+            }
+            if let Some(i) = self.find(&key) {
+                let a = self.attachments.remove(i);
+                tracing::info!(sandbox = %a.sandbox(), "sandbox is gone: removing its port and flows");
+                if let Err(e) = self.detach(&a) {
+                    tracing::warn!(sandbox = %a.sandbox(), error = %e, "could not remove a gone sandbox; will retry");
+                    self.attachments.push(a);
+                } else {
+                    self.gone_since.remove(&key);
+                }
+            }
+        }
     }
 
     fn check(&self, r: &AttachRequest) -> Result<(), AgentError> {

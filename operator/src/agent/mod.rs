@@ -10,6 +10,7 @@ pub mod icmp_errors;
 mod icmp_relay;
 mod ranges;
 mod server;
+pub mod sources;
 pub mod state;
 
 pub use server::serve;
@@ -19,7 +20,7 @@ use crate::flows::{compile_bridge, diff};
 use crate::model::{arbitrate, ObjectKey, PortRange, Verdict};
 use crate::ovs::{self, OvsExec};
 use crate::{link, ovs::bridge as ovsdb};
-use ranges::RangeFiles;
+use sources::Sources;
 use state::Attachment;
 use std::collections::BTreeMap;
 
@@ -38,12 +39,14 @@ pub struct Agent {
     /// `netdev` or `system`.
     pub datapath_type: String,
     pub uplinks: Vec<UplinkRuntime>,
-    range_files: RangeFiles,
+    sources: Box<dyn Sources>,
     /// PortRanges that passed validation and arbitration.
     pub accepted: Vec<PortRange>,
     /// Refused PortRanges and why.
     pub refused: BTreeMap<ObjectKey, String>,
     pub attachments: Vec<Attachment>,
+    /// Since when each attachment's sandbox has been reported gone.
+    gone_since: BTreeMap<portiso_agent_api::AttachmentKey, std::time::Instant>,
     /// Who owns which ports on each bridge, for the ICMP error slow path.
     icmp_relay: icmp_relay::IcmpRelay,
 }
@@ -71,7 +74,11 @@ pub fn choose_datapath(choice: DatapathChoice) -> &'static str {
 impl Agent {
     /// Builds or adopts every uplink's bridge, re-adopts attached sandboxes, loads the
     /// PortRanges and brings the flows in line.
-    pub fn start(config: AgentConfig, ovs: Box<dyn OvsExec>) -> Result<Self, AgentStartError> {
+    pub fn start(
+        config: AgentConfig,
+        ovs: Box<dyn OvsExec>,
+        sources: Box<dyn Sources>,
+    ) -> Result<Self, AgentStartError> {
         let datapath_type = choose_datapath(config.datapath).to_string();
         tracing::info!(datapath = %datapath_type, requested = ?config.datapath, "OVS datapath chosen");
         let mut uplinks = Vec::new();
@@ -106,14 +113,15 @@ impl Agent {
             ovs,
             datapath_type,
             uplinks,
-            range_files: RangeFiles::default(),
+            sources,
             accepted: Vec::new(),
             refused: BTreeMap::new(),
             attachments: Vec::new(),
+            gone_since: BTreeMap::new(),
             icmp_relay: icmp_relay::IcmpRelay::default(),
         };
         agent.adopt_ports()?;
-        agent.reload_ranges();
+        agent.refresh();
         agent.reconcile_all()?;
         Ok(agent)
     }
@@ -138,6 +146,8 @@ impl Agent {
                     netns: id(ovsdb::EXT_NETNS),
                     host_if: p.name.clone(),
                     ofport: p.ofport,
+                    labels: BTreeMap::new(),
+                    local_ports: None,
                 };
                 tracing::info!(sandbox = %a.sandbox(), port = %a.host_if, "re-adopted attachment");
                 self.attachments.push(a);
@@ -153,29 +163,67 @@ impl Agent {
         r
     }
 
-    /// Re-reads rangesDir and re-arbitrates. Returns whether anything changed.
-    pub fn reload_ranges(&mut self) -> bool {
-        if !self.range_files.reload(&self.config.ranges_dir) && !self.accepted.is_empty() {
-            return false;
+    /// Takes in what changed in the sources: PortRanges (re-arbitrated) and sandbox labels.
+    /// Returns whether the flows may have to change.
+    pub fn refresh(&mut self) -> bool {
+        let mut changed = false;
+        if let Some(ranges) = self.sources.changed_ranges() {
+            let names: Vec<String> = self.uplinks.iter().map(|u| u.config.name.clone()).collect();
+            let verdicts = arbitrate(&ranges, &names, &self.reserved_ports());
+            let mut accepted = Vec::new();
+            let mut refused = BTreeMap::new();
+            for (range, verdict) in ranges.into_iter().zip(verdicts) {
+                match verdict.verdict {
+                    Verdict::Accepted => accepted.push(range),
+                    Verdict::Refused { reason } => {
+                        if self.refused.get(&verdict.key) != Some(&reason) {
+                            tracing::warn!(portrange = %verdict.key, %reason, "PortRange refused");
+                        }
+                        refused.insert(verdict.key, reason);
+                    }
+                }
+            }
+            changed |= accepted != self.accepted || refused != self.refused;
+            self.accepted = accepted;
+            self.refused = refused;
         }
-        let ranges = self.range_files.ranges();
-        let names: Vec<String> = self.uplinks.iter().map(|u| u.config.name.clone()).collect();
-        let verdicts = arbitrate(&ranges, &names, &self.reserved_ports());
-        let mut accepted = Vec::new();
-        let mut refused = BTreeMap::new();
-        for (range, verdict) in ranges.into_iter().zip(verdicts) {
-            match verdict.verdict {
-                Verdict::Accepted => accepted.push(range),
-                Verdict::Refused { reason } => {
-                    tracing::warn!(portrange = %verdict.key, %reason, "PortRange refused");
-                    refused.insert(verdict.key, reason);
+        for a in &mut self.attachments {
+            if let Some(labels) = self.sources.labels(&a.sandbox_namespace, &a.sandbox_name) {
+                if labels != a.labels {
+                    a.labels = labels;
+                    changed = true;
                 }
             }
         }
-        let changed = accepted != self.accepted || refused != self.refused;
-        self.accepted = accepted;
-        self.refused = refused;
         changed
+    }
+
+    /// After a refresh: flows first (the sandbox's new ports must be reachable before its
+    /// clients start using them), then each sandbox's ip_local_port_range.
+    pub fn apply_refresh(&mut self) -> Result<(), ovs::OvsError> {
+        self.reconcile_all()?;
+        self.update_local_ports();
+        Ok(())
+    }
+
+    /// Keeps each sandbox's ip_local_port_range inside the ports it owns now.
+    fn update_local_ports(&mut self) {
+        let owners = state::owners(&self.accepted, &self.attachments);
+        let wanted: Vec<Option<(u16, u16)>> = self
+            .attachments
+            .iter()
+            .map(|a| state::local_port_range(&state::ports_of(&self.accepted, &owners, a)))
+            .collect();
+        for (a, want) in self.attachments.iter_mut().zip(wanted) {
+            if want.is_some() && want != a.local_ports {
+                match link::set_local_ports(&a.netns, want) {
+                    Ok(()) => a.local_ports = want,
+                    Err(e) => {
+                        tracing::warn!(sandbox = %a.sandbox(), error = %e, "could not set ip_local_port_range")
+                    }
+                }
+            }
+        }
     }
 
     /// Brings one bridge's flows in line with the state: one atomic bundle of only the flows
@@ -250,7 +298,8 @@ mod tests {
             config,
             ovs: Box::new(ovs),
             datapath_type: "netdev".into(),
-            range_files: RangeFiles::default(),
+            sources: Box::new(sources::StaticSources { ranges: None }),
+            gone_since: BTreeMap::new(),
             accepted: ranges,
             refused: BTreeMap::new(),
             attachments: vec![attachment("a", 2), attachment("b", 3)],
@@ -270,6 +319,8 @@ mod tests {
             netns: format!("/run/netns/{name}"),
             host_if: format!("pi-{name}"),
             ofport,
+            labels: BTreeMap::from([(state::SANDBOX_LABEL.to_string(), name.to_string())]),
+            local_ports: None,
         }
     }
 

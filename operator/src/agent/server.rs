@@ -46,6 +46,9 @@ async fn answer(stream: UnixStream, agent: Arc<Mutex<Agent>>) -> anyhow::Result<
         Ok(request) => {
             tracing::debug!(?request, "request");
             // OVS and netlink work blocks: keep it off the async workers.
+            if let Request::Add(add) = &request {
+                wait_until_ready_for(&agent, add).await;
+            }
             tokio::task::spawn_blocking(move || lock(&agent).handle(request)).await?
         }
         Err(e) => Response::Error(AgentError::new(
@@ -64,14 +67,38 @@ fn lock(agent: &Mutex<Agent>) -> std::sync::MutexGuard<'_, Agent> {
     agent.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How long an ADD waits for the pod's labels or a PortRange that is still being created
+/// (cluster mode) before it fails with the reason.
+const ADD_WAIT: Duration = Duration::from_secs(10);
+
+async fn wait_until_ready_for(agent: &Arc<Mutex<Agent>>, add: &portiso_agent_api::AttachRequest) {
+    let deadline = tokio::time::Instant::now() + ADD_WAIT;
+    loop {
+        let ready = {
+            let mut a = lock(agent);
+            if a.refresh() {
+                if let Err(e) = a.apply_refresh() {
+                    tracing::error!(error = %e, "could not update flows");
+                }
+            }
+            !a.should_wait_for(add)
+        };
+        if ready || tokio::time::Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn poll_ranges(agent: Arc<Mutex<Agent>>) {
     loop {
         tokio::time::sleep(RANGES_POLL).await;
         let agent = agent.clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut a = lock(&agent);
-            if a.reload_ranges() {
-                a.reconcile_all()
+            a.collect_gone();
+            if a.refresh() {
+                a.apply_refresh()
             } else {
                 Ok(())
             }

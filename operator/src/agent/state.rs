@@ -21,15 +21,15 @@ pub struct Attachment {
     /// Host-side veth, the OVS port.
     pub host_if: String,
     pub ofport: u32,
+    /// The sandbox's labels, as the agent's source last reported them.
+    pub labels: BTreeMap<String, String>,
+    /// The ip_local_port_range last set in the sandbox.
+    pub local_ports: Option<(u16, u16)>,
 }
 
 impl Attachment {
     pub fn sandbox(&self) -> String {
         format!("{}/{}", self.sandbox_namespace, self.sandbox_name)
-    }
-
-    pub fn labels(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([(SANDBOX_LABEL.to_string(), self.sandbox_name.clone())])
     }
 }
 
@@ -57,7 +57,7 @@ pub fn owners<'a>(
     let mut out = BTreeMap::new();
     for a in sorted {
         for r in accepted {
-            if selects(r, &a.sandbox_namespace, &a.labels(), &a.uplink) {
+            if selects(r, &a.sandbox_namespace, &a.labels, &a.uplink) {
                 out.entry((a.uplink.clone(), ObjectKey::of(r))).or_insert(a);
             }
         }

@@ -2,6 +2,7 @@
 //! election and admission webhook. Decisions themselves are made by the pure `cluster` and
 //! `model` modules.
 
+pub mod agent;
 pub mod operator;
 pub mod tls;
 pub mod webhook;

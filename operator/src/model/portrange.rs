@@ -101,6 +101,14 @@ fn port_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+/// A count or index: a plain integer (the API server knows no `uint32` format).
+fn count_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "integer",
+        "minimum": 0,
+    })
+}
+
 /// The sizes one value/mask match can cover.
 pub const ALLOCATABLE_SIZES: [u32; 16] = [
     1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768,
@@ -148,6 +156,7 @@ pub struct PortRangeStatus {
     pub ports: Option<String>,
     /// Sandboxes the range is programmed for, over all nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "count_schema")]
     pub sandboxes: Option<u32>,
     /// The generation the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,6 +166,7 @@ pub struct PortRangeStatus {
 /// The block allocated for `spec.ports[index]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Allocation {
+    #[schemars(schema_with = "count_schema")]
     pub index: u32,
     #[schemars(schema_with = "port_schema")]
     pub start: u32,

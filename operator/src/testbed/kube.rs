@@ -14,6 +14,8 @@ pub struct KubeTestServer {
     pub url: String,
     /// A kubeconfig for the admin user, for binaries under test and kubectl/helm.
     pub kubeconfig: PathBuf,
+    /// The network namespace everything runs in (None: the caller's).
+    pub netns: Option<String>,
     processes: Vec<Child>,
 }
 
@@ -46,6 +48,12 @@ const TOKEN: &str = "portiso-test-admin-token";
 impl KubeTestServer {
     /// Starts etcd and kube-apiserver under a fresh directory named after `name`.
     pub fn start(name: &str, workspace: &Path) -> anyhow::Result<Self> {
+        Self::start_in(name, workspace, None)
+    }
+
+    /// Like [`start`](Self::start), inside network namespace `netns` (so that processes in it,
+    /// e.g. an agent on a testbed node, reach the API server on their loopback).
+    pub fn start_in(name: &str, workspace: &Path, netns: Option<&str>) -> anyhow::Result<Self> {
         let bin = kube_binaries(workspace)?;
         let dir = std::env::temp_dir().join(format!("portiso-kube-{name}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -55,6 +63,7 @@ impl KubeTestServer {
             bin: bin.clone(),
             url: String::new(),
             kubeconfig: dir.join("kubeconfig"),
+            netns: netns.map(str::to_string),
             processes: Vec::new(),
         };
 
@@ -86,24 +95,25 @@ impl KubeTestServer {
         let (client_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
         let d = |f: &str| dir.join(f).display().to_string();
         let log = |f: &str| std::fs::File::create(dir.join(f));
+        let mut etcd = server.command(&bin.join("etcd"));
+        let mut apiserver = server.command(&bin.join("kube-apiserver"));
         server.processes.push(
-            Command::new(bin.join("etcd"))
-                .args([
-                    "--name=portiso-test",
-                    &format!("--data-dir={}", d("etcd")),
-                    &format!("--listen-client-urls=http://127.0.0.1:{client_port}"),
-                    &format!("--advertise-client-urls=http://127.0.0.1:{client_port}"),
-                    &format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
-                    &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
-                    &format!("--initial-cluster=portiso-test=http://127.0.0.1:{peer_port}"),
-                    "--unsafe-no-fsync",
-                ])
-                .stdout(Stdio::null())
-                .stderr(log("etcd.log")?)
-                .spawn()?,
+            etcd.args([
+                "--name=portiso-test",
+                &format!("--data-dir={}", d("etcd")),
+                &format!("--listen-client-urls=http://127.0.0.1:{client_port}"),
+                &format!("--advertise-client-urls=http://127.0.0.1:{client_port}"),
+                &format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+                &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+                &format!("--initial-cluster=portiso-test=http://127.0.0.1:{peer_port}"),
+                "--unsafe-no-fsync",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log("etcd.log")?)
+            .spawn()?,
         );
         server.processes.push(
-            Command::new(bin.join("kube-apiserver"))
+            apiserver
                 .args([
                     &format!("--etcd-servers=http://127.0.0.1:{client_port}"),
                     "--bind-address=127.0.0.1",
@@ -202,7 +212,8 @@ impl KubeTestServer {
     }
 
     fn tool(&self, name: &str, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(self.bin.join(name))
+        let out = self
+            .command(&self.bin.join(name))
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("HELM_CACHE_HOME", self.dir.join("helm/cache"))
@@ -220,7 +231,22 @@ impl KubeTestServer {
         }
     }
 
-    /// A kube client for this server.
+    /// A command for `program` that runs in this server's network namespace, with its
+    /// kubeconfig in the environment.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut c = match &self.netns {
+            None => Command::new(program),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+        };
+        c.env("KUBECONFIG", &self.kubeconfig);
+        c
+    }
+
+    /// A kube client for this server (from the caller's network namespace).
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;

@@ -216,7 +216,7 @@ impl Testbed {
             );
         }
         y += &format!(
-            "reservedHostPorts: [\"{RESERVED_HOST_PORTS}\"]\nrangesDir: {}\nsocket: {}\n",
+            "reservedHostPorts: [\"{RESERVED_HOST_PORTS}\"]\nrangesDir: {}\nsocket: {}\ngcGraceSeconds: 2\n",
             self.dir.join("ranges").display(),
             self.socket().display()
         );
@@ -229,6 +229,11 @@ impl Testbed {
 
     /// Starts `portiso agent` in the node namespace and waits (bounded) until it answers.
     pub fn start_agent(&mut self) -> anyhow::Result<()> {
+        self.start_agent_with(&[], &[])
+    }
+
+    /// Starts the agent with extra arguments and environment (e.g. cluster mode).
+    pub fn start_agent_with(&mut self, args: &[&str], env: &[(&str, &Path)]) -> anyhow::Result<()> {
         let config = self.dir.join("agent.yaml");
         std::fs::write(&config, self.agent_config())?;
         let log = std::fs::OpenOptions::new()
@@ -240,7 +245,9 @@ impl Testbed {
             .arg(&self.portiso_bin)
             .args(["agent", "--config"])
             .arg(&config)
+            .args(args)
             .envs(self.ovs_env())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
