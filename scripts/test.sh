@@ -6,4 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# Kubernetes' own binaries for the API-server tests, built once from pinned sources and cached
+# outside the clone (slow only on a cold machine; see e2e/README.md).
+bash e2e/k8s-bin.sh >/dev/null
 cargo test --workspace

@@ -42,7 +42,8 @@ pub enum DatapathChoice {
 struct RawUplink {
     name: String,
     bridge: Option<String>,
-    address: String,
+    /// Absent: the address the NIC (or, after a restart, its bridge) already has.
+    address: Option<String>,
     gateway: Option<String>,
 }
 
@@ -68,6 +69,8 @@ pub struct UplinkConfig {
     pub address: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Option<Ipv4Addr>,
+    /// The address was not configured: the agent takes the one the NIC has at start.
+    pub address_from_nic: bool,
 }
 
 impl UplinkConfig {
@@ -190,33 +193,10 @@ fn parse_uplink(u: &RawUplink, i: usize) -> Result<UplinkConfig, (String, String
             format!("{bridge:?} is not a bridge name (1-15 characters, no '/' or spaces)"),
         ));
     }
-    let (addr, prefix) = u.address.split_once('/').ok_or_else(|| {
-        (
-            field("address"),
-            format!(
-                "{:?} has no prefix length: write it as ADDRESS/PREFIX, e.g. 198.51.100.1/24",
-                u.address
-            ),
-        )
-    })?;
-    let address: Ipv4Addr = addr.parse().map_err(|_| {
-        (
-            field("address"),
-            format!(
-                "{addr:?} is not an IPv4 address: write it as ADDRESS/PREFIX, e.g. 198.51.100.1/24"
-            ),
-        )
-    })?;
-    let prefix_len: u8 = prefix
-        .parse()
-        .ok()
-        .filter(|p| (1..=32).contains(p))
-        .ok_or_else(|| {
-            (
-                field("address"),
-                format!("prefix length {prefix:?} must be 1-32"),
-            )
-        })?;
+    let (address, prefix_len) = match &u.address {
+        None => (Ipv4Addr::UNSPECIFIED, 0),
+        Some(a) => parse_cidr(a).map_err(|p| (field("address"), p))?,
+    };
     let gateway = match &u.gateway {
         None => None,
         Some(g) => Some(g.parse::<Ipv4Addr>().map_err(|_| {
@@ -232,7 +212,78 @@ fn parse_uplink(u: &RawUplink, i: usize) -> Result<UplinkConfig, (String, String
         address,
         prefix_len,
         gateway,
+        address_from_nic: u.address.is_none(),
     })
+}
+
+/// Parses ADDRESS/PREFIX.
+pub fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (addr, prefix) = cidr.split_once('/').ok_or_else(|| {
+        format!("{cidr:?} has no prefix length: write it as ADDRESS/PREFIX, e.g. 198.51.100.1/24")
+    })?;
+    let address: Ipv4Addr = addr.parse().map_err(|_| {
+        format!("{addr:?} is not an IPv4 address: write it as ADDRESS/PREFIX, e.g. 198.51.100.1/24")
+    })?;
+    let prefix_len: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| (1..=32).contains(p))
+        .ok_or_else(|| format!("prefix length {prefix:?} must be 1-32"))?;
+    Ok((address, prefix_len))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawOverrides {
+    #[serde(default)]
+    overrides: Vec<RawOverride>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawOverride {
+    node_selector: std::collections::BTreeMap<String, String>,
+    uplinks: Vec<RawUplink>,
+}
+
+impl AgentConfig {
+    /// Per-node uplinks (cluster mode): the first override whose nodeSelector the node's labels
+    /// satisfy replaces the uplinks. Returns the index of the override used.
+    pub fn apply_overrides(
+        &mut self,
+        text: &str,
+        path: &str,
+        node_labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Option<usize>, ConfigError> {
+        let raw: RawOverrides = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            detail: e.to_string(),
+        })?;
+        let Some(i) = raw.overrides.iter().position(|o| {
+            o.node_selector
+                .iter()
+                .all(|(k, v)| node_labels.get(k) == Some(v))
+        }) else {
+            return Ok(None);
+        };
+        let mut uplinks = Vec::new();
+        for (j, u) in raw.overrides[i].uplinks.iter().enumerate() {
+            uplinks.push(parse_uplink(u, j).map_err(|(f, p)| ConfigError::Invalid {
+                path: path.into(),
+                field: format!("overrides[{i}].{f}"),
+                problem: p,
+            })?);
+        }
+        if uplinks.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.into(),
+                field: format!("overrides[{i}].uplinks"),
+                problem: "no uplink: list at least one".into(),
+            });
+        }
+        self.uplinks = uplinks;
+        Ok(Some(i))
+    }
 }
 
 /// Parses "N" or "A-B" (inclusive, 0-65535).
@@ -287,8 +338,44 @@ socket: /run/portiso/agent.sock
     }
 
     #[test]
+    fn node_overrides_replace_the_uplinks_of_matching_nodes() {
+        let mut c = AgentConfig::parse(GOOD, "t.yaml").unwrap();
+        let text = "overrides:\n  - nodeSelector: {rack: a}\n    uplinks: [{name: eth7, address: 203.0.113.9/24}]\n";
+        let labels =
+            |k: &str, v: &str| std::collections::BTreeMap::from([(k.to_string(), v.to_string())]);
+        assert_eq!(
+            c.apply_overrides(text, "o.yaml", &labels("rack", "b"))
+                .unwrap(),
+            None
+        );
+        assert_eq!(c.uplinks.len(), 2);
+        assert_eq!(
+            c.apply_overrides(text, "o.yaml", &labels("rack", "a"))
+                .unwrap(),
+            Some(0)
+        );
+        assert_eq!(c.uplinks[0].name, "eth7");
+        let bad =
+            "overrides:\n  - nodeSelector: {rack: a}\n    uplinks: [{name: eth7, address: x}]\n";
+        let e = c
+            .apply_overrides(bad, "o.yaml", &labels("rack", "a"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("overrides[0].uplinks[0].address"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_field_and_the_fix() {
         let e = err("uplinks: [{name: eth1, address: 198.51.100.1}]");
+        assert!(
+            e.contains("uplinks[0].address") && e.contains("ADDRESS/PREFIX"),
+            "{e}"
+        );
+        let c = AgentConfig::parse("uplinks: [{name: eth1}]", "t.yaml").unwrap();
+        assert!(
+            c.uplinks[0].address_from_nic,
+            "no address: taken from the NIC"
+        );
         assert!(
             e.contains("uplinks[0].address") && e.contains("ADDRESS/PREFIX"),
             "{e}"

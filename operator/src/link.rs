@@ -133,6 +133,15 @@ pub fn sandbox_has(netns: &str, ifname: &str) -> bool {
     in_netns(netns, "ip", &["link", "show", "dev", ifname]).is_ok()
 }
 
+/// The first IPv4 address of an interface, as ADDRESS/PREFIX.
+pub fn ipv4_cidr(ifname: &str) -> Option<String> {
+    let out = run("ip", &["-4", "-o", "addr", "show", "dev", ifname]).ok()?;
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .map(str::to_string)
+}
+
 /// The MAC of an interface in the agent's namespace.
 pub fn mac_of(ifname: &str) -> std::io::Result<String> {
     Ok(

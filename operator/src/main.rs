@@ -24,6 +24,10 @@ enum Command {
         /// Cluster mode: PortRanges and pod labels come from the Kubernetes API.
         #[arg(long)]
         kubernetes: bool,
+        /// Per-node uplinks (cluster mode): the first entry whose nodeSelector matches this
+        /// node's labels replaces the config's uplinks.
+        #[arg(long, default_value = "/etc/portiso/overrides.yaml")]
+        overrides: PathBuf,
         /// This node's name (cluster mode): only its pods are watched.
         #[arg(long, env = "NODE_NAME", required_if_eq("kubernetes", "true"))]
         node_name: Option<String>,
@@ -51,14 +55,22 @@ fn main() -> anyhow::Result<()> {
         Command::Agent {
             config,
             kubernetes,
+            overrides,
             node_name,
         } => {
-            let config = portiso::config::AgentConfig::load(&config)?;
+            let mut config = portiso::config::AgentConfig::load(&config)?;
             let rt = tokio::runtime::Runtime::new()?;
             let sources: Box<dyn portiso::agent::sources::Sources> = if kubernetes {
                 let node = node_name.unwrap_or_default();
                 Box::new(rt.block_on(async {
                     let client = kube::Client::try_default().await?;
+                    if let Ok(text) = std::fs::read_to_string(&overrides) {
+                        let labels = portiso::k8s::agent::node_labels(&client, &node).await?;
+                        let path = overrides.display().to_string();
+                        if let Some(i) = config.apply_overrides(&text, &path, &labels)? {
+                            tracing::info!(%node, override_index = i, "per-node uplinks applied");
+                        }
+                    }
                     portiso::k8s::agent::KubeSources::start(client, &node).await
                 })?)
             } else {

@@ -471,11 +471,34 @@ fn the_agent_in_cluster_mode_follows_pods_and_portranges() {
     });
     apply(&s, &pod("web-0", "web")).unwrap();
     apply(&s, &pod("web-1", "web")).unwrap();
+    // Per-node uplinks: this node (label rack=a) gets only up1, its address read from the NIC.
+    apply(
+        &s,
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node1, labels: {rack: a}}\n",
+    )
+    .unwrap();
+    let overrides = s.dir.join("overrides.yaml");
+    std::fs::write(
+        &overrides,
+        "overrides:\n  - nodeSelector: {rack: b}\n    uplinks: [{name: up2}]\n  - nodeSelector: {rack: a}\n    uplinks: [{name: up1, bridge: br-up1}]\n",
+    )
+    .unwrap();
     tb.start_agent_with(
-        &["--kubernetes", "--node-name", "node1"],
+        &[
+            "--kubernetes",
+            "--node-name",
+            "node1",
+            "--overrides",
+            overrides.to_str().unwrap(),
+        ],
         &[("KUBECONFIG", &s.kubeconfig)],
     )
     .unwrap();
+    assert!(
+        tb.agent_log().contains("per-node uplinks applied"),
+        "{}",
+        tb.agent_log()
+    );
 
     // The pod's labels select the PortRange: attached, and traffic lands there.
     tb.attach("web-0", "up1").unwrap();
@@ -483,6 +506,9 @@ fn the_agent_in_cluster_mode_follows_pods_and_portranges() {
         tb.probe(false, 0, 10000, &["web-0"]).unwrap().landed,
         ["web-0"]
     );
+    // up2 is not this node's uplink (the override left it out).
+    let err = tb.attach("web-1", "up2").unwrap_err().to_string();
+    assert!(err.contains("not served by this node"), "{err}");
     // A second pod on this node selected by the same PortRange is refused, naming both.
     let err = tb.attach("web-1", "up1").unwrap_err().to_string();
     assert!(

@@ -87,6 +87,16 @@ impl Agent {
                 uplink: u.name.clone(),
                 detail,
             };
+            let mut u = u.clone();
+            if u.address_from_nic {
+                // The NIC's address, or its bridge's if an earlier run already moved it.
+                let cidr = link::ipv4_cidr(&u.name)
+                    .or_else(|| link::ipv4_cidr(&u.bridge))
+                    .ok_or_else(|| {
+                        fail("has no IPv4 address to share: set uplinks[].address".into())
+                    })?;
+                (u.address, u.prefix_len) = crate::config::parse_cidr(&cidr).map_err(fail)?;
+            }
             let mac = link::mac_of(&u.name).map_err(|e| {
                 fail(format!(
                     "no such network interface ({e}): check uplinks[].name"
@@ -103,7 +113,7 @@ impl Agent {
             link::move_address(&u.name, &u.bridge, &u.cidr()).map_err(|e| fail(e.to_string()))?;
             tracing::info!(uplink = %u.name, bridge = %u.bridge, address = %u.cidr(), %mac, "uplink bridge ready");
             uplinks.push(UplinkRuntime {
-                config: u.clone(),
+                config: u,
                 uplink_ofport,
                 mac,
             });

@@ -44,6 +44,15 @@ where
     store
 }
 
+/// The labels of a node (for per-node uplink overrides).
+pub async fn node_labels(client: &Client, node: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let n = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .get(node)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read node {node} for its labels: {e}"))?;
+    Ok(n.labels().clone())
+}
+
 impl KubeSources {
     /// Starts the watches (PortRanges everywhere, pods of `node` only) and waits for both caches.
     pub async fn start(client: Client, node: &str) -> anyhow::Result<Self> {
