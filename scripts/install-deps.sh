@@ -8,6 +8,7 @@ packages=(
   iproute2 nftables ethtool procps util-linux   # ip, nft, ethtool, sysctl, nsenter
   busybox-static       # ping/arping/nc for tests and the rootfs of podman test containers
   podman runc containernetworking-plugins       # a real CNI runtime for the plugin's tests
+  shellcheck           # lints every shell script (operator/tests/shellcheck.rs)
 )
 
 missing=()

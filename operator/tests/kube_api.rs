@@ -506,6 +506,19 @@ fn the_agent_in_cluster_mode_follows_pods_and_portranges() {
         tb.probe(false, 0, 10000, &["web-0"]).unwrap().landed,
         ["web-0"]
     );
+    // The agent reports where the range is programmed; the operator sums it up.
+    eventually_or(
+        "web programmed for one sandbox",
+        30,
+        || (jsonpath(&s, "web", "{.status.sandboxes}") == "1").then_some(()),
+        || tb.agent_log(),
+    );
+    let programmed = jsonpath(
+        &s,
+        "web",
+        "{.status.conditions[?(@.type==\"Programmed\")].message}",
+    );
+    assert_eq!(programmed, "programmed on 1 node(s) for 1 sandbox(es)");
     // up2 is not this node's uplink (the override left it out).
     let err = tb.attach("web-1", "up2").unwrap_err().to_string();
     assert!(err.contains("not served by this node"), "{err}");
@@ -603,6 +616,14 @@ fn the_agent_in_cluster_mode_follows_pods_and_portranges() {
         tb.probe(false, 0, 10500, &["late-0"]).unwrap().landed,
         ["host"]
     );
+    eventually("web programmed nowhere", 30, || {
+        (jsonpath(
+            &s,
+            "web",
+            "{.status.conditions[?(@.type==\"Programmed\")].reason}",
+        ) == "NoSandboxes")
+            .then_some(())
+    });
     assert_eq!(
         tb.probe(true, 0, 11006, &["late-0"]).unwrap().landed,
         ["late-0"],

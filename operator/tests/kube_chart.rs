@@ -71,6 +71,69 @@ fn pr(name: &str, ports: &str) -> String {
     format!("apiVersion: portiso.io/v1alpha1\nkind: PortRange\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  ports: {ports}\n")
 }
 
+/// `portiso operator` as a child process; killed on drop.
+struct Operator {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Operator {
+    /// Runs `portiso <args>` with `env` on top of the server's kubeconfig.
+    fn spawn(s: &KubeTestServer, identity: &str, args: &[String], env: &[(&str, &str)]) -> Self {
+        let log = s.dir.join(format!("operator-{identity}.log"));
+        let mut cmd = s.command(Path::new(env!("CARGO_BIN_EXE_portiso")));
+        cmd.args(args).env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Operator { child, log }
+    }
+
+    /// A replica for the Lease and Secret in `default`, its webhook on 127.0.0.1:`webhook_port`.
+    fn start(s: &KubeTestServer, identity: &str, webhook_port: u16, extra: &[&str]) -> Self {
+        let mut args: Vec<String> = [
+            "operator",
+            "--webhook-addr",
+            &format!("127.0.0.1:{webhook_port}"),
+            "--namespace",
+            "default",
+            "--identity",
+            identity,
+            "--lease-duration",
+            "6",
+            "--reserved-host-ports",
+            "0-9999",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::spawn(s, identity, &args, &[])
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log's last lines, for failure messages.
+    fn tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // helm install / upgrade / uninstall
 // ---------------------------------------------------------------------------------------------
@@ -216,6 +279,39 @@ fn get(s: &KubeTestServer, kind: &str, name: &str, jsonpath: &str) -> String {
     .unwrap()
 }
 
+/// `portiso operator` with the installed Deployment's arguments (listening on loopback), as the
+/// Deployment's ServiceAccount through impersonation.
+fn chart_operator(s: &KubeTestServer) -> Operator {
+    let spec = |path: &str| get(s, "deployment", "portiso-operator", path);
+    let mut args: Vec<String> =
+        serde_json::from_str(&spec("{.spec.template.spec.containers[0].args}")).unwrap();
+    assert_eq!(args[0], "operator", "{args:?}");
+    for flag in ["--webhook-addr", "--metrics-addr"] {
+        let i = args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{flag} in {args:?}"));
+        args[i + 1] = format!("127.0.0.1:{}", free_port());
+    }
+    let account = spec("{.spec.template.spec.serviceAccountName}");
+    let mut kubeconfig: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&s.kubeconfig).unwrap()).unwrap();
+    kubeconfig["users"][0]["user"]["as"] =
+        format!("system:serviceaccount:{NAMESPACE}:{account}").into();
+    let path = s.dir.join("operator-sa.kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
+    Operator::spawn(
+        s,
+        "chart",
+        &args,
+        &[
+            ("KUBECONFIG", path.to_str().unwrap()),
+            ("POD_NAME", "chart-operator"),
+            ("POD_NAMESPACE", NAMESPACE),
+        ],
+    )
+}
+
 #[test]
 fn helm_installs_upgrades_and_uninstalls_the_chart_on_a_real_api_server() {
     let s = KubeTestServer::start("helm", &workspace()).expect("kube-apiserver starts");
@@ -316,24 +412,47 @@ fn helm_installs_upgrades_and_uninstalls_the_chart_on_a_real_api_server() {
         err.contains("failed calling webhook \"portranges.portiso.io\""),
         "{err}"
     );
-    println!("refused by the unreachable webhook in {:?}", started.elapsed());
-
-    // What the operator does at start: set the caBundle. Upgrades must keep it.
-    let ca = base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        std::fs::read(s.dir.join("ca.crt")).unwrap(),
+    println!(
+        "refused by the unreachable webhook in {:?}",
+        started.elapsed()
     );
-    s.kubectl(&[
-        "patch",
-        "validatingwebhookconfiguration",
-        RELEASE,
-        "--type=json",
-        "-p",
-        &format!(
-            "[{{\"op\":\"add\",\"path\":\"/webhooks/0/clientConfig/caBundle\",\"value\":\"{ca}\"}}]"
-        ),
-    ])
-    .unwrap();
+
+    // The operator as the chart deploys it: the Deployment's arguments, as its ServiceAccount
+    // (impersonated), so that the chart's RBAC is what the API server enforces. It takes the
+    // Lease, makes its certificate Secret and sets the webhook's caBundle.
+    let op = chart_operator(&s);
+    let vwc = |path: &str| {
+        s.kubectl(&[
+            "get",
+            "validatingwebhookconfiguration",
+            RELEASE,
+            "-o",
+            &format!("jsonpath={path}"),
+        ])
+        .unwrap()
+    };
+    let ca = eventually_or(
+        "the operator sets the caBundle",
+        30,
+        || {
+            let ca = vwc("{.webhooks[0].clientConfig.caBundle}");
+            (!ca.is_empty()).then_some(ca)
+        },
+        || op.tail(),
+    );
+    eventually_or(
+        "the operator holds the Lease",
+        30,
+        || {
+            (get(&s, "lease", "portiso-operator", "{.spec.holderIdentity}") == "chart-operator")
+                .then_some(())
+        },
+        || op.tail(),
+    );
+    assert_eq!(
+        get(&s, "secret", "portiso-webhook-tls", "{.type}"),
+        "kubernetes.io/tls"
+    );
 
     // ---- upgrade ----
     let values = s.dir.join("upgrade-values.yaml");
@@ -369,16 +488,6 @@ fn helm_installs_upgrades_and_uninstalls_the_chart_on_a_real_api_server() {
         new_checksum, checksum,
         "a config change rolls the agents (the pod template changes)"
     );
-    let vwc = |path: &str| {
-        s.kubectl(&[
-            "get",
-            "validatingwebhookconfiguration",
-            RELEASE,
-            "-o",
-            &format!("jsonpath={path}"),
-        ])
-        .unwrap()
-    };
     assert_eq!(vwc("{.webhooks[0].failurePolicy}"), "Ignore");
     assert_eq!(
         vwc("{.webhooks[0].clientConfig.caBundle}"),
@@ -406,6 +515,23 @@ fn helm_installs_upgrades_and_uninstalls_the_chart_on_a_real_api_server() {
         "created past the ignored webhook in {:?}",
         started.elapsed()
     );
+    eventually_or(
+        "first accepted by the operator under the chart's RBAC",
+        30,
+        || {
+            (s.kubectl(&[
+                "get",
+                "pr",
+                "first",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Accepted\")].status}",
+            ])
+            .ok()?
+                == "True")
+                .then_some(())
+        },
+        || op.tail(),
+    );
     let table = s.kubectl(&["get", "pr", "-A"]).unwrap();
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
@@ -422,10 +548,18 @@ fn helm_installs_upgrades_and_uninstalls_the_chart_on_a_real_api_server() {
         ],
         "{table}"
     );
-    assert!(
-        table.lines().nth(1).unwrap().starts_with("default "),
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        row[..5],
+        ["default", "first", "TCP", "10000-10009", "True"],
         "{table}"
     );
+    assert!(
+        !op.log().contains("forbidden"),
+        "the chart's RBAC lets the operator do its work:\n{}",
+        op.log()
+    );
+    drop(op);
 
     // ---- uninstall ----
     let releases = || {
@@ -459,8 +593,27 @@ fn helm_installs_upgrades_and_uninstalls_the_chart_on_a_real_api_server() {
         "nothing of the release is left"
     );
     assert_eq!(releases(), "", "Helm's release Secrets are gone");
-    let list = helm_json(&s, &["list", "-A", "-a", "-o", "json"]);
-    assert_eq!(list, serde_json::json!([]), "no release left");
+    let list = helm_json(
+        &s,
+        &[
+            "list",
+            "-A",
+            "--deployed",
+            "--failed",
+            "--pending",
+            "--superseded",
+            "--uninstalled",
+            "--uninstalling",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(list, serde_json::json!([]), "no release left, in any state");
+    let err = s
+        .helm(&["status", RELEASE, "-n", NAMESPACE])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not found"), "{err}");
     // Helm never deletes CRDs (https://helm.sh/docs/chart_best_practices/custom_resource_definitions/):
     // the CRD, and with it every PortRange, stays.
     s.kubectl(&["get", "crd", "portranges.portiso.io"]).unwrap();
@@ -486,55 +639,6 @@ const SCALE: usize = 10_000;
 /// PortRange r-NNNNN owns TCP port BASE + NNNNN.
 const BASE: usize = 10_000;
 
-/// `portiso operator` as a child process; killed on drop.
-struct Operator {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Operator {
-    fn start(s: &KubeTestServer, identity: &str, webhook_port: u16, extra: &[&str]) -> Self {
-        let log = s.dir.join(format!("operator-{identity}.log"));
-        let child = s
-            .command(Path::new(env!("CARGO_BIN_EXE_portiso")))
-            .arg("operator")
-            .args([
-                "--webhook-addr",
-                &format!("127.0.0.1:{webhook_port}"),
-                "--namespace",
-                "default",
-                "--identity",
-                identity,
-            ])
-            .args(["--lease-duration", "6", "--reserved-host-ports", "0-9999"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Operator { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The log's last lines, for failure messages.
-    fn tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn portrange(name: &str, protocol: &str, start: usize, end: usize) -> DynamicObject {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "portiso.io/v1alpha1",
@@ -549,12 +653,10 @@ fn portrange(name: &str, protocol: &str, start: usize, end: usize) -> DynamicObj
 }
 
 fn is_accepted(o: &DynamicObject) -> bool {
-    o.data["status"]["conditions"]
-        .as_array()
-        .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Accepted" && c["status"] == "True")
-        })
+    o.data["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Accepted" && c["status"] == "True")
+    })
 }
 
 struct Timings(Vec<Duration>);
@@ -660,9 +762,7 @@ fn the_webhook_decides_against_ten_thousand_portranges_within_its_timeout() {
             )
         },
     );
-    let all = rt
-        .block_on(api.list(&ListParams::default()))
-        .expect("list");
+    let all = rt.block_on(api.list(&ListParams::default())).expect("list");
     let accept_time = started.elapsed();
     let accepted = all.items.iter().filter(|o| is_accepted(o)).count();
     assert_eq!(

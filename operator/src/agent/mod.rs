@@ -253,6 +253,7 @@ impl Agent {
             tracing::info!(bridge = %uplink.config.bridge, add = d.add.len(), delete = d.delete.len(), "flows updated");
         }
         self.ovs.apply(&uplink.config.bridge, &d)?;
+        self.report_programmed();
         // ICMP errors follow the same ports as the flows now installed.
         self.icmp_relay.update(
             &uplink.config.bridge,
@@ -275,6 +276,24 @@ impl Agent {
             self.reconcile(u)?;
         }
         Ok(())
+    }
+
+    /// Tells the source for how many sandboxes each PortRange is programmed on this node.
+    fn report_programmed(&self) {
+        let owners = state::owners(&self.accepted, &self.attachments);
+        let mut sandboxes: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+        for ((_, range), a) in &owners {
+            sandboxes
+                .entry(range.to_string())
+                .or_default()
+                .insert(a.sandbox());
+        }
+        self.sources.report(
+            sandboxes
+                .into_iter()
+                .map(|(k, v)| (k, v.len() as u32))
+                .collect(),
+        );
     }
 
     pub fn uplink(&self, name: &str) -> Option<&UplinkRuntime> {

@@ -17,6 +17,9 @@ pub trait Sources: Send {
     fn gone(&self, _namespace: &str, _name: &str) -> bool {
         false
     }
+    /// Reports, per PortRange (`namespace/name`), how many sandboxes on this node it is
+    /// programmed for (cluster mode publishes it for the operator's `Programmed` condition).
+    fn report(&self, _programmed: BTreeMap<String, u32>) {}
     /// Whether an ADD that no PortRange selects yet should wait for one to appear.
     fn wait_for_ranges(&self) -> bool {
         false

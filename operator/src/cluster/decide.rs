@@ -126,52 +126,108 @@ pub fn decide(ranges: &[PortRange], pool: Pool, reserved: &[(u16, u16)]) -> Vec<
         .collect()
 }
 
-/// The status the operator wants on `range` after `decision`; conditions keep their transition
-/// time while their status does not change, and conditions of other writers are kept.
-pub fn status_for(range: &PortRange, decision: &Decision, now: Time) -> PortRangeStatus {
+/// Where a range is programmed, summed over the nodes' reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Programmed {
+    pub nodes: u32,
+    pub sandboxes: u32,
+}
+
+/// The condition type the agents' reports become.
+pub const PROGRAMMED: &str = "Programmed";
+
+fn condition(
+    old: &[Condition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: i64,
+    now: &Time,
+) -> Condition {
+    let previous = old.iter().find(|c| c.type_ == type_);
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: Some(generation),
+        // The transition time moves only when the status does.
+        last_transition_time: match previous {
+            Some(p) if p.status == status => p.last_transition_time.clone(),
+            _ => now.clone(),
+        },
+    }
+}
+
+/// The status the operator wants on `range` after `decision`, given where the agents report it
+/// programmed.
+pub fn status_for(
+    range: &PortRange,
+    decision: &Decision,
+    programmed: Programmed,
+    now: Time,
+) -> PortRangeStatus {
     let old = range.status.clone().unwrap_or_default();
+    let generation = range.metadata.generation.unwrap_or(0);
+    let owns = if decision.ports.is_empty() {
+        "no ports yet"
+    } else {
+        &decision.ports
+    };
     let (status, reason, message) = match &decision.verdict {
-        Verdict::Accepted => (
-            "True",
-            "Accepted",
-            format!(
-                "owns {}",
-                if decision.ports.is_empty() {
-                    "no ports yet"
-                } else {
-                    &decision.ports
-                }
-            ),
-        ),
+        Verdict::Accepted => ("True", "Accepted", format!("owns {owns}")),
         Verdict::Refused { reason } if validate(range).is_err() => {
             ("False", "Invalid", reason.clone())
         }
         Verdict::Refused { reason } => ("False", "Conflict", reason.clone()),
     };
-    let generation = range.metadata.generation.unwrap_or(0);
-    let previous = old.conditions.iter().find(|c| c.type_ == ACCEPTED);
-    let accepted = Condition {
-        type_: ACCEPTED.into(),
-        status: status.into(),
-        reason: reason.into(),
+    let accepted = condition(
+        &old.conditions,
+        ACCEPTED,
+        status,
+        reason,
         message,
-        observed_generation: Some(generation),
-        last_transition_time: match previous {
-            Some(p) if p.status == status => p.last_transition_time.clone(),
-            _ => now,
-        },
+        generation,
+        &now,
+    );
+    let programmed_condition = match (&decision.verdict, programmed.sandboxes) {
+        (Verdict::Refused { .. }, _) => condition(
+            &old.conditions,
+            PROGRAMMED,
+            "False",
+            "NotAccepted",
+            "not accepted, so programmed nowhere".into(),
+            generation,
+            &now,
+        ),
+        (Verdict::Accepted, 0) => condition(
+            &old.conditions,
+            PROGRAMMED,
+            "False",
+            "NoSandboxes",
+            "no sandbox it selects is attached on any node".into(),
+            generation,
+            &now,
+        ),
+        (Verdict::Accepted, n) => condition(
+            &old.conditions,
+            PROGRAMMED,
+            "True",
+            "Programmed",
+            format!(
+                "programmed on {} node(s) for {n} sandbox(es)",
+                programmed.nodes
+            ),
+            generation,
+            &now,
+        ),
     };
-    let mut conditions: Vec<Condition> = old
-        .conditions
-        .into_iter()
-        .filter(|c| c.type_ != ACCEPTED)
-        .collect();
-    conditions.insert(0, accepted);
     PortRangeStatus {
-        conditions,
+        conditions: vec![accepted, programmed_condition],
         allocations: decision.allocations.clone(),
         ports: (!decision.ports.is_empty()).then(|| decision.ports.clone()),
-        sandboxes: old.sandboxes,
+        sandboxes: Some(programmed.sandboxes),
         observed_generation: Some(generation),
     }
 }
@@ -235,7 +291,12 @@ mod tests {
         assert!(d.iter().all(|x| x.verdict == Verdict::Accepted));
         // With its status written, b keeps its block even when a goes away.
         let mut b2 = b.clone();
-        b2.status = Some(status_for(&b, &d[1], Time(Timestamp::UNIX_EPOCH)));
+        b2.status = Some(status_for(
+            &b,
+            &d[1],
+            Programmed::default(),
+            Time(Timestamp::UNIX_EPOCH),
+        ));
         let d2 = decide(&[b2], POOL, &[]);
         assert_eq!(d2[0].allocations, d[1].allocations);
     }
@@ -258,7 +319,12 @@ mod tests {
         };
         assert!(reason.contains("default/old"), "{reason}");
         assert_eq!(d[1].verdict, Verdict::Accepted);
-        let s = status_for(&new, &d[0], Time(Timestamp::UNIX_EPOCH));
+        let s = status_for(
+            &new,
+            &d[0],
+            Programmed::default(),
+            Time(Timestamp::UNIX_EPOCH),
+        );
         assert_eq!(s.conditions[0].status, "False");
         assert_eq!(s.conditions[0].reason, "Conflict");
     }

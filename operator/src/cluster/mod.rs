@@ -6,4 +6,6 @@ mod alloc;
 mod decide;
 
 pub use alloc::{allocate, Pool};
-pub use decide::{decide, status_for, Decision, ACCEPTED, CLUSTER_WIDE_UPLINK};
+pub use decide::{
+    decide, status_for, Decision, Programmed, ACCEPTED, CLUSTER_WIDE_UPLINK, PROGRAMMED,
+};

@@ -1,47 +1,29 @@
 //! The agent's cluster mode: PortRanges the operator accepted, and the labels of the pods
 //! scheduled on this node, from watch caches of the API server.
 
+use super::watch;
 use crate::agent::sources::Sources;
 use crate::k8s::webhook::is_accepted;
 use crate::model::{ObjectKey, PortRange};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::reflector::{self, reflector, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use std::collections::BTreeMap;
+
+/// The Node annotation where an agent publishes, per PortRange, for how many of the node's
+/// sandboxes it is programmed; the operator sums them into the `Programmed` condition.
+pub const PROGRAMMED_ANNOTATION: &str = "portiso.io/programmed";
 
 pub struct KubeSources {
     ranges: Store<PortRange>,
     pods: Store<Pod>,
+    client: Client,
+    node: String,
+    runtime: tokio::runtime::Handle,
+    reported: std::sync::Mutex<Option<BTreeMap<String, u32>>>,
     /// (key, resourceVersion) of the accepted ranges last handed out.
     last: Option<Vec<(ObjectKey, String)>>,
-}
-
-fn watch<K>(api: Api<K>, config: watcher::Config) -> Store<K>
-where
-    K: kube::Resource
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    let (store, writer) = reflector::store();
-    let stream = reflector(writer, watcher(api, config))
-        .default_backoff()
-        .touched_objects();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "watch");
-            }
-        }
-    });
-    store
 }
 
 /// The labels of a node (for per-node uplink overrides).
@@ -59,10 +41,12 @@ impl KubeSources {
         let ranges = watch(
             Api::<PortRange>::all(client.clone()),
             watcher::Config::default(),
+            None,
         );
         let pods = watch(
-            Api::<Pod>::all(client),
+            Api::<Pod>::all(client.clone()),
             watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+            None,
         );
         ranges.wait_until_ready().await?;
         pods.wait_until_ready().await?;
@@ -70,6 +54,10 @@ impl KubeSources {
         Ok(Self {
             ranges,
             pods,
+            client,
+            node: node.to_string(),
+            runtime: tokio::runtime::Handle::current(),
+            reported: std::sync::Mutex::new(None),
             last: None,
         })
     }
@@ -116,5 +104,30 @@ impl Sources for KubeSources {
 
     fn wait_for_ranges(&self) -> bool {
         true
+    }
+
+    fn report(&self, programmed: BTreeMap<String, u32>) {
+        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        if reported.as_ref() == Some(&programmed) {
+            return;
+        }
+        let value = serde_json::to_string(&programmed).unwrap_or_default();
+        *reported = Some(programmed);
+        let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(self.client.clone());
+        let node = self.node.clone();
+        self.runtime.spawn(async move {
+            let patch =
+                serde_json::json!({"metadata": {"annotations": {PROGRAMMED_ANNOTATION: value}}});
+            if let Err(e) = nodes
+                .patch(
+                    &node,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(patch),
+                )
+                .await
+            {
+                tracing::warn!(%node, error = %e, "could not publish programmed PortRanges");
+            }
+        });
     }
 }

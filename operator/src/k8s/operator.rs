@@ -3,13 +3,15 @@
 //! admission webhook from the same watch cache.
 
 use super::{tls, webhook, FIELD_MANAGER, FINALIZER};
-use crate::cluster::{decide, status_for, Decision, Pool};
+use crate::cluster::{decide, status_for, Decision, Pool, Programmed};
 use crate::model::{ObjectKey, PortRange, Verdict};
-use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -92,22 +94,18 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let ranges: Api<PortRange> = Api::all(client.clone());
 
-    // One watch cache for the status writer and the webhook.
-    let (store, writer) = reflector::store();
+    // One watch cache for the status writer and the webhook; nodes carry the agents' reports.
     let changed = Arc::new(tokio::sync::Notify::new());
-    let stream = reflector(writer, watcher(ranges.clone(), watcher::Config::default()))
-        .default_backoff()
-        .touched_objects();
-    let notify = changed.clone();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "PortRange watch");
-            }
-            notify.notify_one();
-        }
-    });
+    let store = super::watch(
+        ranges.clone(),
+        watcher::Config::default(),
+        Some(changed.clone()),
+    );
+    let nodes = super::watch(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        Some(changed.clone()),
+    );
 
     let cert = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => tls::ServingCert {
@@ -171,7 +169,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         }
         if is_leader {
             let snapshot: Vec<PortRange> = store.state().iter().map(|r| (**r).clone()).collect();
-            writer.write_all(&snapshot).await;
+            writer.write_all(&snapshot, &programmed(&nodes)).await;
         }
         if webhook.is_finished() {
             anyhow::bail!("the admission webhook server stopped");
@@ -185,6 +183,26 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Sums the agents' reports (see `k8s::agent::PROGRAMMED_ANNOTATION`) per PortRange.
+fn programmed(nodes: &Store<Node>) -> BTreeMap<String, Programmed> {
+    let mut sum: BTreeMap<String, Programmed> = BTreeMap::new();
+    for node in nodes.state() {
+        let Some(report) = node.annotations().get(super::agent::PROGRAMMED_ANNOTATION) else {
+            continue;
+        };
+        let Ok(counts) = serde_json::from_str::<BTreeMap<String, u32>>(report) else {
+            tracing::warn!(node = %node.name_any(), "unreadable programmed report");
+            continue;
+        };
+        for (range, n) in counts.into_iter().filter(|(_, n)| *n > 0) {
+            let p = sum.entry(range).or_default();
+            p.nodes += 1;
+            p.sandboxes += n;
+        }
+    }
+    sum
+}
+
 struct StatusWriter {
     api: Api<PortRange>,
     pool: Pool,
@@ -194,7 +212,7 @@ struct StatusWriter {
 
 impl StatusWriter {
     /// Decides every live range and writes what changed: finalizers, then statuses.
-    async fn write_all(&self, ranges: &[PortRange]) {
+    async fn write_all(&self, ranges: &[PortRange], programmed: &BTreeMap<String, Programmed>) {
         let (deleting, live): (Vec<&PortRange>, Vec<&PortRange>) = ranges
             .iter()
             .partition(|r| r.metadata.deletion_timestamp.is_some());
@@ -232,7 +250,11 @@ impl StatusWriter {
                 fins.push(FINALIZER.into());
                 self.patch_meta(r, serde_json::json!({"metadata": {"finalizers": fins, "resourceVersion": r.resource_version()}})).await;
             }
-            self.write_status(r, d, now.clone()).await;
+            let p = programmed
+                .get(&d.key.to_string())
+                .copied()
+                .unwrap_or_default();
+            self.write_status(r, d, p, now.clone()).await;
         }
     }
 
@@ -249,8 +271,8 @@ impl StatusWriter {
         }
     }
 
-    async fn write_status(&self, r: &PortRange, d: &Decision, now: Time) {
-        let status = status_for(r, d, now);
+    async fn write_status(&self, r: &PortRange, d: &Decision, p: Programmed, now: Time) {
+        let status = status_for(r, d, p, now);
         if r.status.as_ref() == Some(&status) {
             return;
         }
