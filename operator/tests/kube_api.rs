@@ -15,12 +15,13 @@ fn workspace() -> PathBuf {
 
 fn server(name: &str) -> KubeTestServer {
     let s = KubeTestServer::start(name, &workspace()).expect("kube-apiserver starts");
-    s.kubectl(&[
-        "apply",
-        "-f",
-        workspace().join("crds/portrange.yaml").to_str().unwrap(),
-    ])
-    .unwrap();
+    install_crd(&s);
+    s
+}
+
+fn install_crd(s: &KubeTestServer) {
+    let crd = workspace().join("crds/portrange.yaml");
+    s.kubectl(&["apply", "-f", crd.to_str().unwrap()]).unwrap();
     s.kubectl(&[
         "wait",
         "--for=condition=Established",
@@ -28,7 +29,6 @@ fn server(name: &str) -> KubeTestServer {
         "crd/portranges.portiso.io",
     ])
     .unwrap();
-    s
 }
 
 fn free_port() -> u16 {
@@ -447,19 +447,7 @@ fn the_agent_in_cluster_mode_follows_pods_and_portranges() {
     use portiso::testbed::Testbed;
     let mut tb = Testbed::new("kagent", Path::new(env!("CARGO_BIN_EXE_portiso"))).unwrap();
     let s = KubeTestServer::start_in("kagent", &workspace(), Some(&tb.node)).unwrap();
-    s.kubectl(&[
-        "apply",
-        "-f",
-        workspace().join("crds/portrange.yaml").to_str().unwrap(),
-    ])
-    .unwrap();
-    s.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/portranges.portiso.io",
-    ])
-    .unwrap();
+    install_crd(&s);
     let _op = Operator::start(&s, "kagent", 0, &[]);
     apply(
         &s,

@@ -8,6 +8,14 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// Whether a socket error only means that its read timeout passed.
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
 /// Runs `f` on a new thread inside the network namespace /run/netns/NAME.
 pub fn spawn_in<T: Send + 'static>(
     ns: &str,
@@ -83,12 +91,14 @@ impl Listener {
     }
 }
 
-fn flatten(
-    h: JoinHandle<std::io::Result<std::io::Result<Vec<String>>>>,
-) -> JoinHandle<std::io::Result<Vec<String>>> {
+/// A thread that waits for `h` (a [`spawn_in`] thread) and passes on its result, so that
+/// callers get one `io::Result` whether joining into the namespace or the work failed.
+fn flatten<T: Send + 'static>(
+    h: JoinHandle<std::io::Result<std::io::Result<T>>>,
+) -> JoinHandle<std::io::Result<T>> {
     std::thread::spawn(move || {
         h.join()
-            .map_err(|_| std::io::Error::other("listener thread panicked"))?
+            .map_err(|_| std::io::Error::other("thread in netns panicked"))?
             .and_then(|r| r)
     })
 }
@@ -107,14 +117,7 @@ fn collect_udp(sock: &UdpSocket, deadline: Instant) -> std::io::Result<Vec<Strin
                 // Answer, so that request/response checks see the way back too.
                 let _ = sock.send_to(&buf[..n], from);
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                break
-            }
+            Err(e) if timed_out(&e) => break,
             Err(e) => return Err(e),
         }
     }
@@ -190,14 +193,7 @@ pub fn udp_send(
         let mut buf = [0u8; 2048];
         match sock.recv_from(&mut buf) {
             Ok((n, _)) => Ok(Some(String::from_utf8_lossy(&buf[..n]).into_owned())),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                Ok(None)
-            }
+            Err(e) if timed_out(&e) => Ok(None),
             Err(e) => Err(e),
         }
     })?
@@ -240,14 +236,7 @@ pub fn count_frames(
                         n += 1;
                     }
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break
-                }
+                Err(e) if timed_out(&e) => break,
                 Err(e) => return Err(e),
             }
         }
@@ -256,11 +245,7 @@ pub fn count_frames(
     ready_rx
         .recv_timeout(Duration::from_secs(5))
         .map_err(|_| std::io::Error::other("frame counter did not start"))?;
-    Ok(std::thread::spawn(move || {
-        h.join()
-            .map_err(|_| std::io::Error::other("frame counter panicked"))?
-            .and_then(|r| r)
-    }))
+    Ok(flatten(h))
 }
 
 /// Frame matchers for [`count_frames`] (Ethernet + IPv4 without VLAN).
