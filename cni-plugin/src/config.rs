@@ -37,6 +37,8 @@ pub struct NetConf {
     pub timeout: Duration,
     /// Present only when the runtime passed `cni.dev/valid-attachments` (GC).
     pub valid_attachments: Option<Vec<AttachmentKey>>,
+    /// A MAC the runtime asked for (runtimeConfig.mac), which portiso cannot give.
+    pub requested_mac: Option<String>,
 }
 
 /// Step 1: stdin must be one JSON object.
@@ -136,6 +138,12 @@ pub fn parse(map: &Map<String, Value>, cni_version: CniVersion) -> Result<NetCon
             ));
         }
     }
+    // Multus passes a network selection's `mac` (e.g. a KubeVirt interface's macAddress) as
+    // runtimeConfig.mac; ADD refuses it (see `plugin`), DEL must not.
+    let requested_mac = map
+        .get("runtimeConfig")
+        .and_then(|r| r.get("mac"))
+        .map(shown);
     let valid_attachments = match (
         optional(map, VALID_ATTACHMENTS),
         optional(map, VALID_ATTACHMENTS_OLD),
@@ -151,6 +159,7 @@ pub fn parse(map: &Map<String, Value>, cni_version: CniVersion) -> Result<NetCon
         agent_socket,
         timeout,
         valid_attachments,
+        requested_mac,
     })
 }
 
@@ -275,6 +284,19 @@ mod tests {
         let c = conf(v).unwrap();
         assert_eq!(c.agent_socket, PathBuf::from("/tmp/a.sock"));
         assert_eq!(c.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_custom_mac_is_refused_naming_the_field() {
+        let mut v = base();
+        v["runtimeConfig"] = json!({"mac": "02:00:00:00:00:42"});
+        let e = conf(v).unwrap_err();
+        assert_eq!(e.code, 2);
+        assert!(
+            e.msg.contains("runtimeConfig.mac") && e.msg.contains("02:00:00:00:00:42"),
+            "{}",
+            e.msg
+        );
     }
 
     /// Each bad config, the code it must yield, and words the message must contain.

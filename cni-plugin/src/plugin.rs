@@ -51,7 +51,18 @@ fn build_request(command: Command, conf: &NetConf, env: &CmdEnv) -> Result<Reque
         }
     };
     Ok(match command {
-        Command::Add => Request::Add(attach()),
+        Command::Add => {
+            if let Some(mac) = &conf.requested_mac {
+                return Err(CniError::new(
+                    code::UNSUPPORTED_FIELD,
+                    format!(
+                        "runtimeConfig.mac {mac} is not supported: portiso sandboxes share the node's \
+                         MAC address; remove the custom MAC (e.g. a VM interface's macAddress)"
+                    ),
+                ));
+            }
+            Request::Add(attach())
+        }
         Command::Check => Request::Check(attach()),
         Command::Del => Request::Del(DetachRequest {
             key: key(),
