@@ -287,15 +287,12 @@ mod tests {
     }
 
     #[test]
-    fn a_custom_mac_is_refused_naming_the_field() {
+    fn a_requested_mac_is_recorded() {
         let mut v = base();
         v["runtimeConfig"] = json!({"mac": "02:00:00:00:00:42"});
-        let e = conf(v).unwrap_err();
-        assert_eq!(e.code, 2);
-        assert!(
-            e.msg.contains("runtimeConfig.mac") && e.msg.contains("02:00:00:00:00:42"),
-            "{}",
-            e.msg
+        assert_eq!(
+            conf(v).unwrap().requested_mac.as_deref(),
+            Some("\"02:00:00:00:00:42\"")
         );
     }
 

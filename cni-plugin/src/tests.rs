@@ -474,8 +474,14 @@ fn a_custom_mac_is_refused_on_add_but_del_still_works() {
     let agent = FakeAgent::start(vec![Response::Done]);
     let mut conf = config("1.0.0", &agent.socket);
     conf["runtimeConfig"] = json!({"mac": "02:00:00:00:00:42"});
-    run(&env_for("ADD"), &conf.to_string())
-        .assert_error(2, &["runtimeConfig.mac", "02:00:00:00:00:42", "shared"]);
+    run(&env_for("ADD"), &conf.to_string()).assert_error(
+        2,
+        &[
+            "runtimeConfig.mac",
+            "02:00:00:00:00:42",
+            "share the node's MAC",
+        ],
+    );
     assert!(agent.requests().is_empty(), "ADD never reached the agent");
     run(&env_for("DEL"), &conf.to_string()).assert_silent_success();
     assert_eq!(agent.requests().len(), 1);
