@@ -126,6 +126,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         ranges: store.clone(),
         reserved: Arc::new(reserved.clone()),
     };
+    // Answer admission only with a full cache: an empty one would let overlaps through.
+    store.wait_until_ready().await?;
     let addr = args.webhook_addr;
     let webhook =
         tokio::spawn(async move { webhook::serve(addr, cert.cert_pem, cert.key_pem, state).await });
@@ -153,8 +155,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         .build()
         .await?;
     let (mut leader, _lease_task) = lease.watch().await;
-    tracing::info!(%identity, lease = %args.lease_name, "waiting for PortRanges and the lease");
-    store.wait_until_ready().await?;
+    tracing::info!(%identity, lease = %args.lease_name, "waiting for the lease");
 
     let writer = StatusWriter {
         api: ranges,
