@@ -36,6 +36,10 @@ pub struct AttachRequest {
     /// The sandbox's name and namespace, which PortRange selectors match against.
     pub sandbox_name: String,
     pub sandbox_namespace: String,
+    /// The pod's UID where the runtime passes one (K8S_POD_UID): a pod re-created under the
+    /// same name is another sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_uid: Option<String>,
 }
 
 /// Detach a sandbox interface (CNI DEL). `netns` may be empty or gone.
@@ -181,6 +185,7 @@ mod tests {
             uplink: "eth1".into(),
             sandbox_name: "web1".into(),
             sandbox_namespace: "default".into(),
+            sandbox_uid: None,
         });
         let text = serde_json::to_string(&req).unwrap();
         assert!(text.contains(r#""op":"add""#), "{text}");

@@ -49,6 +49,11 @@ impl CniArgs {
         self.get(key).filter(|v| !v.is_empty())
     }
 
+    /// The pod's UID, where the runtime passes one.
+    pub fn uid(&self) -> Option<String> {
+        self.get_nonempty("K8S_POD_UID").map(str::to_string)
+    }
+
     /// The sandbox's name and namespace, which the agent matches PortRange selectors against.
     /// Kubernetes and podman pass the name as K8S_POD_NAME; without it the container id is
     /// the only stable name there is.

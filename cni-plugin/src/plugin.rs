@@ -48,6 +48,7 @@ fn build_request(command: Command, conf: &NetConf, env: &CmdEnv) -> Result<Reque
             uplink: conf.uplink.clone(),
             sandbox_name,
             sandbox_namespace,
+            sandbox_uid: env.args.uid(),
         }
     };
     Ok(match command {

@@ -301,6 +301,7 @@ fn add_result_shape_per_version() {
                 uplink: "eth1".into(),
                 sandbox_name: "web1".into(),
                 sandbox_namespace: "ns".into(),
+                sandbox_uid: None,
             })]
         );
     }
@@ -485,4 +486,20 @@ fn a_custom_mac_is_refused_on_add_but_del_still_works() {
     assert!(agent.requests().is_empty(), "ADD never reached the agent");
     run(&env_for("DEL"), &conf.to_string()).assert_silent_success();
     assert_eq!(agent.requests().len(), 1);
+}
+
+#[test]
+fn the_pod_uid_reaches_the_agent() {
+    let agent = FakeAgent::start(vec![Response::Attached(attached())]);
+    let mut env = without(env_for("ADD"), "CNI_ARGS");
+    env.push((
+        "CNI_ARGS",
+        "K8S_POD_NAME=web1;K8S_POD_NAMESPACE=ns;K8S_POD_UID=1234-abcd",
+    ));
+    let out = run(&env, &config("0.3.1", &agent.socket).to_string());
+    assert_eq!(out.exit, 0, "{}", out.stdout);
+    let Request::Add(req) = &agent.requests()[0] else {
+        panic!("not an ADD")
+    };
+    assert_eq!(req.sandbox_uid.as_deref(), Some("1234-abcd"));
 }

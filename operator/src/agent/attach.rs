@@ -140,13 +140,16 @@ impl Agent {
             )
         })?;
 
-        let ids = [
+        let mut ids = vec![
             (ovsdb::EXT_CONTAINER, r.key.container_id.as_str()),
             (ovsdb::EXT_IFNAME, r.key.ifname.as_str()),
             (ovsdb::EXT_NETNS, r.netns.as_str()),
             (ovsdb::EXT_UPLINK, r.uplink.as_str()),
             (ovsdb::EXT_SANDBOX, sandbox.as_str()),
         ];
+        if let Some(uid) = &r.sandbox_uid {
+            ids.push((ovsdb::EXT_UID, uid.as_str()));
+        }
         let undo_link = |e: String| {
             let _ = link::delete(&host_if);
             AgentError::new(
@@ -168,6 +171,7 @@ impl Agent {
             uplink: r.uplink.clone(),
             sandbox_name: r.sandbox_name.clone(),
             sandbox_namespace: r.sandbox_namespace.clone(),
+            sandbox_uid: r.sandbox_uid.clone(),
             netns: r.netns.clone(),
             host_if: host_if.clone(),
             ofport,
@@ -208,7 +212,13 @@ impl Agent {
         let gone: Vec<AttachmentKey> = self
             .attachments
             .iter()
-            .filter(|a| self.sources.gone(&a.sandbox_namespace, &a.sandbox_name))
+            .filter(|a| {
+                self.sources.gone(
+                    &a.sandbox_namespace,
+                    &a.sandbox_name,
+                    a.sandbox_uid.as_deref(),
+                )
+            })
             .map(|a| a.key.clone())
             .collect();
         self.gone_since.retain(|k, _| gone.contains(k));

@@ -74,15 +74,19 @@ const ADD_WAIT: Duration = Duration::from_secs(10);
 async fn wait_until_ready_for(agent: &Arc<Mutex<Agent>>, add: &portiso_agent_api::AttachRequest) {
     let deadline = tokio::time::Instant::now() + ADD_WAIT;
     loop {
-        let ready = {
-            let mut a = lock(agent);
+        // Sources may block (a GET to the API server): off the async workers, like all agent work.
+        let (agent_ref, add_ref) = (agent.clone(), add.clone());
+        let ready = tokio::task::spawn_blocking(move || {
+            let mut a = lock(&agent_ref);
             if a.refresh() {
                 if let Err(e) = a.apply_refresh() {
                     tracing::error!(error = %e, "could not update flows");
                 }
             }
-            !a.should_wait_for(add)
-        };
+            !a.should_wait_for(&add_ref)
+        })
+        .await
+        .unwrap_or(true);
         if ready || tokio::time::Instant::now() > deadline {
             return;
         }

@@ -13,8 +13,9 @@ pub trait Sources: Send {
     fn changed_ranges(&mut self) -> Option<Vec<PortRange>>;
     /// A sandbox's labels, which PortRange selectors match; `None` if the sandbox is unknown.
     fn labels(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, String>>;
-    /// Whether the sandbox is known to be gone (its resources may then be collected).
-    fn gone(&self, _namespace: &str, _name: &str) -> bool {
+    /// Whether the sandbox is known to be gone (its resources may then be collected); `uid`
+    /// tells it from a newer sandbox of the same name.
+    fn gone(&self, _namespace: &str, _name: &str, _uid: Option<&str>) -> bool {
         false
     }
     /// Reports, per PortRange (`namespace/name`), how many sandboxes on this node it is

@@ -17,6 +17,8 @@ pub struct Attachment {
     pub uplink: String,
     pub sandbox_name: String,
     pub sandbox_namespace: String,
+    /// The pod's UID, if the runtime passed one.
+    pub sandbox_uid: Option<String>,
     pub netns: String,
     /// Host-side veth, the OVS port.
     pub host_if: String,

@@ -85,20 +85,37 @@ impl Sources for KubeSources {
     }
 
     fn labels(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, String>> {
-        let pod = self.pods.get(&ObjectRef::new(name).within(namespace))?;
-        Some(pod.labels().clone())
+        if let Some(pod) = self.pods.get(&ObjectRef::new(name).within(namespace)) {
+            return Some(pod.labels().clone());
+        }
+        // Not in the watch cache (yet): ask the API server once, bounded. Only a pod scheduled on
+        // this node counts. (Called from the agent's blocking threads, never from async code.)
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let get = tokio::time::timeout(std::time::Duration::from_secs(2), pods.get_opt(name));
+        match self.runtime.block_on(get) {
+            Ok(Ok(Some(pod)))
+                if pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                    == Some(self.node.as_str()) =>
+            {
+                Some(pod.labels().clone())
+            }
+            _ => None,
+        }
     }
 
-    /// Gone: deleted, or past its deletionTimestamp — the end of its grace period, after which
-    /// its containers are killed whether or not the kubelet reports back.
-    fn gone(&self, namespace: &str, name: &str) -> bool {
+    /// Gone: deleted, re-created (another UID), or past its deletionTimestamp — the end of its
+    /// grace period, after which its containers are killed whether or not the kubelet reports.
+    fn gone(&self, namespace: &str, name: &str, uid: Option<&str>) -> bool {
         match self.pods.get(&ObjectRef::new(name).within(namespace)) {
             None => true,
-            Some(pod) => pod
-                .metadata
-                .deletion_timestamp
-                .as_ref()
-                .is_some_and(|t| t.0 < k8s_openapi::jiff::Timestamp::now()),
+            Some(pod) => {
+                uid.is_some_and(|u| pod.metadata.uid.as_deref() != Some(u))
+                    || pod
+                        .metadata
+                        .deletion_timestamp
+                        .as_ref()
+                        .is_some_and(|t| t.0 < k8s_openapi::jiff::Timestamp::now())
+            }
         }
     }
 

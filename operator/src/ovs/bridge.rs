@@ -14,6 +14,7 @@ pub const EXT_IFNAME: &str = "portiso-ifname";
 pub const EXT_NETNS: &str = "portiso-netns";
 pub const EXT_UPLINK: &str = "portiso-uplink";
 pub const EXT_SANDBOX: &str = "portiso-sandbox";
+pub const EXT_UID: &str = "portiso-sandbox-uid";
 
 /// Creates (or adopts) the bridge around an uplink NIC: fail-mode secure so that OVS never
 /// floods on its own, the uplink's MAC as the bridge's (the address the world already knows),
