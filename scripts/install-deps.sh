@@ -9,6 +9,7 @@ packages=(
   busybox-static       # ping/arping/nc for tests and the rootfs of podman test containers
   podman runc containernetworking-plugins       # a real CNI runtime for the plugin's tests
   shellcheck           # lints every shell script (operator/tests/shellcheck.rs)
+  iptables             # iptables-nft: the Linux DNAT baseline of `portiso bench`
   qemu-system-x86      # boots the real VM guest of operator/tests/vm.rs (KVM, else TCG)
   kmod                 # depmod/modprobe order the guest's virtio-net modules (e2e/guest-image.sh)
   libc6-dev            # static glibc for the guest's helper, linked with rustc +crt-static

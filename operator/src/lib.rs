@@ -10,6 +10,7 @@
 //! - `testbed` and `demo`: a throwaway node in network namespaces, for the demo and the tests.
 
 pub mod agent;
+pub mod bench;
 pub mod cluster;
 pub mod config;
 pub mod demo;

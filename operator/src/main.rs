@@ -35,6 +35,9 @@ enum Command {
     /// Build a throwaway node in network namespaces, attach two sandboxes through the real
     /// agent and CNI plugin, send real traffic and show where it landed.
     Demo,
+    /// Measure portiso against the raw link, a plain OVS switch and Linux bridge + iptables
+    /// DNAT, side by side in throwaway namespaces; a table and a JSON file.
+    Bench(portiso::bench::BenchArgs),
     /// Run the cluster operator: decide and report every PortRange's status, allocate `size`
     /// spans, and serve the admission webhook.
     Operator(Box<portiso::k8s::operator::OperatorArgs>),
@@ -83,6 +86,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(portiso::agent::serve(agent))
         }
         Command::Demo => portiso::demo::run(),
+        Command::Bench(args) => portiso::bench::run(args),
         Command::Operator(args) => {
             tokio::runtime::Runtime::new()?.block_on(portiso::k8s::operator::run(*args))
         }
