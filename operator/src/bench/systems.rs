@@ -11,6 +11,7 @@
 //! Sandbox `I` serves TCP and UDP on port `10000 + 100·I` (its range is `10000+100·I ..+99`).
 
 use crate::exec::{run, run_with_stdin, ExecError};
+use crate::testbed::ovs;
 use crate::testbed::Testbed;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -249,13 +250,14 @@ fn plain_ovs(o: &BuildOptions) -> anyhow::Result<Built> {
     let mut g = Namespaces::new("pbo");
     let dir = std::env::temp_dir().join("portiso-bench-ovs");
     stop_ovs(&dir);
+    std::fs::create_dir_all(&dir)?;
     g.ovs_dir = Some(dir.clone());
     let sw = g.add("sw")?;
     let peer = g.add("peer")?;
-    start_ovs(&sw, &dir)?;
+    ovs::start(&sw, &dir)?;
     let datapath = ovs_datapath();
     let netdev = datapath == "netdev";
-    let vsctl = |args: &[&str]| ovs_cmd(&sw, &dir, "ovs-vsctl", args);
+    let vsctl = |args: &[&str]| ovs::cmd(&sw, &dir, "ovs-vsctl", args);
     vsctl(&[
         "add-br",
         "br0",
@@ -434,82 +436,8 @@ fn isolate(ns: &str, ifname: &str) -> Result<(), ExecError> {
     .map(|_| ())
 }
 
-fn ovs_env(dir: &Path) -> Vec<(&'static str, String)> {
-    let d = dir.display().to_string();
-    ["OVS_RUNDIR", "OVS_DBDIR", "OVS_LOGDIR", "OVS_SYSCONFDIR"]
-        .into_iter()
-        .map(|k| (k, d.clone()))
-        .collect()
-}
-
-fn ovs_cmd(ns: &str, dir: &Path, program: &str, args: &[&str]) -> Result<String, ExecError> {
-    let mut argv = vec!["netns", "exec", ns, program];
-    argv.extend_from_slice(args);
-    let env = ovs_env(dir);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    crate::exec::run_with_env("ip", &argv, &env)
-}
-
-/// A private ovsdb-server and ovs-vswitchd in namespace `ns`, with everything under `dir`.
-fn start_ovs(ns: &str, dir: &Path) -> anyhow::Result<()> {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir)?;
-    let d = dir.display().to_string();
-    let db = format!("{d}/conf.db");
-    run(
-        "ovsdb-tool",
-        &["create", &db, "/usr/share/openvswitch/vswitch.ovsschema"],
-    )?;
-    ovs_cmd(
-        ns,
-        dir,
-        "ovsdb-server",
-        &[
-            &db,
-            &format!("--remote=punix:{d}/db.sock"),
-            &format!("--pidfile={d}/ovsdb-server.pid"),
-            &format!("--unixctl={d}/ovsdb-server.ctl"),
-            &format!("--log-file={d}/ovsdb-server.log"),
-            "--detach",
-        ],
-    )?;
-    ovs_cmd(ns, dir, "ovs-vsctl", &["--no-wait", "init"])?;
-    ovs_cmd(
-        ns,
-        dir,
-        "ovs-vswitchd",
-        &[
-            &format!("unix:{d}/db.sock"),
-            &format!("--pidfile={d}/ovs-vswitchd.pid"),
-            &format!("--unixctl={d}/ovs-vswitchd.ctl"),
-            &format!("--log-file={d}/ovs-vswitchd.log"),
-            "--detach",
-        ],
-    )?;
-    Ok(())
-}
-
-/// Stops the daemons a private OVS in `dir` left (by their pidfiles) and removes `dir`.
+/// Stops a private OVS of an earlier build (or run) and removes its directory.
 fn stop_ovs(dir: &Path) {
-    use nix::sys::signal::{kill, Signal};
-    for daemon in ["ovs-vswitchd", "ovsdb-server"] {
-        let Some(pid) = std::fs::read_to_string(dir.join(format!("{daemon}.pid")))
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let pid = nix::unistd::Pid::from_raw(pid);
-        if kill(pid, Signal::SIGTERM).is_err() {
-            continue;
-        }
-        for _ in 0..50 {
-            if kill(pid, None).is_err() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = kill(pid, Signal::SIGKILL);
-    }
+    ovs::stop(dir, &ovs::DAEMONS);
     let _ = std::fs::remove_dir_all(dir);
 }

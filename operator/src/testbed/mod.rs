@@ -14,8 +14,9 @@
 
 pub mod kube;
 pub mod netns;
+pub mod ovs;
 
-use crate::exec::{run, run_with_env, ExecError};
+use crate::exec::{run, ExecError};
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -150,22 +151,12 @@ impl Testbed {
     }
 
     fn ovs_env(&self) -> Vec<(&'static str, String)> {
-        let d = self.dir.display().to_string();
-        vec![
-            ("OVS_RUNDIR", d.clone()),
-            ("OVS_DBDIR", d.clone()),
-            ("OVS_LOGDIR", d.clone()),
-            ("OVS_SYSCONFDIR", d),
-        ]
+        ovs::env(&self.dir)
     }
 
     /// Runs a command in the node namespace with the private OVS in its environment.
     pub fn node_cmd(&self, program: &str, args: &[&str]) -> Result<String, ExecError> {
-        let mut argv = vec!["netns", "exec", self.node.as_str(), program];
-        argv.extend_from_slice(args);
-        let env = self.ovs_env();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        run_with_env("ip", &argv, &env)
+        ovs::cmd(&self.node, &self.dir, program, args)
     }
 
     pub fn out_cmd(&self, program: &str, args: &[&str]) -> Result<String, ExecError> {
@@ -175,35 +166,7 @@ impl Testbed {
     }
 
     fn start_ovs(&self) -> anyhow::Result<()> {
-        let d = self.dir.display().to_string();
-        let db = format!("{d}/conf.db");
-        run(
-            "ovsdb-tool",
-            &["create", &db, "/usr/share/openvswitch/vswitch.ovsschema"],
-        )?;
-        self.node_cmd(
-            "ovsdb-server",
-            &[
-                &db,
-                &format!("--remote=punix:{d}/db.sock"),
-                &format!("--pidfile={d}/ovsdb-server.pid"),
-                &format!("--unixctl={d}/ovsdb-server.ctl"),
-                &format!("--log-file={d}/ovsdb-server.log"),
-                "--detach",
-            ],
-        )?;
-        self.node_cmd("ovs-vsctl", &["--no-wait", "init"])?;
-        self.node_cmd(
-            "ovs-vswitchd",
-            &[
-                &format!("unix:{d}/db.sock"),
-                &format!("--pidfile={d}/ovs-vswitchd.pid"),
-                &format!("--unixctl={d}/ovs-vswitchd.ctl"),
-                &format!("--log-file={d}/ovs-vswitchd.log"),
-                "--detach",
-            ],
-        )?;
-        Ok(())
+        ovs::start(&self.node, &self.dir)
     }
 
     /// The agent config this testbed runs with.
@@ -442,15 +405,8 @@ impl Testbed {
 
     /// Removes everything a testbed of this name may have left: processes, namespaces, files.
     fn remove_leftovers(&self) {
-        for daemon in ["agent", "ovs-vswitchd", "ovsdb-server"] {
-            let pidfile = self.dir.join(format!("{daemon}.pid"));
-            if let Some(pid) = std::fs::read_to_string(&pidfile)
-                .ok()
-                .and_then(|p| p.trim().parse::<i32>().ok())
-            {
-                stop_pid(pid);
-            }
-        }
+        ovs::stop(&self.dir, &["agent"]);
+        ovs::stop(&self.dir, &ovs::DAEMONS);
         if let Ok(list) = run("ip", &["netns", "list"]) {
             let prefix = format!("{}-", self.name);
             for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
@@ -461,22 +417,6 @@ impl Testbed {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// SIGTERM, then SIGKILL after a bounded wait.
-fn stop_pid(pid: i32) {
-    use nix::sys::signal::{kill, Signal};
-    let pid = nix::unistd::Pid::from_raw(pid);
-    if kill(pid, Signal::SIGTERM).is_err() {
-        return;
-    }
-    for _ in 0..50 {
-        if kill(pid, None).is_err() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = kill(pid, Signal::SIGKILL);
 }
 
 impl Drop for Testbed {
