@@ -1,17 +1,12 @@
 //! The PortRange API, the operator and its admission webhook against a real kube-apiserver
 //! (etcd + kube-apiserver of a pinned release on loopback, see `portiso::testbed::kube`).
 
-use portiso::testbed::kube::KubeTestServer;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use common::kube::*;
+use portiso::testbed::kube::KubeTestServer;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 fn server(name: &str) -> KubeTestServer {
     let s = KubeTestServer::start(name, &workspace()).expect("kube-apiserver starts");
@@ -29,97 +24,6 @@ fn install_crd(s: &KubeTestServer) {
         "crd/portranges.portiso.io",
     ])
     .unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `portiso operator` as a child process; killed on drop.
-struct Operator {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Operator {
-    /// Starts a replica; its webhook listens on `webhook_port` (any free port if 0).
-    fn start(s: &KubeTestServer, identity: &str, webhook_port: u16, extra: &[&str]) -> Self {
-        let log = s.dir.join(format!("operator-{identity}.log"));
-        let port = if webhook_port == 0 {
-            free_port()
-        } else {
-            webhook_port
-        };
-        let child = s
-            .command(Path::new(env!("CARGO_BIN_EXE_portiso")))
-            .arg("operator")
-            .args([
-                "--webhook-addr",
-                &format!("127.0.0.1:{port}"),
-                "--namespace",
-                "default",
-                "--identity",
-                identity,
-            ])
-            .args(["--lease-duration", "6", "--reserved-host-ports", "0-9999"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Operator { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn eventually<T>(what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
-    eventually_or(what, secs, f, String::new)
-}
-
-/// Like `eventually`, with `context` (e.g. a log) in the failure message.
-fn eventually_or<T>(
-    what: &str,
-    secs: u64,
-    mut f: impl FnMut() -> Option<T>,
-    context: impl Fn() -> String,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for: {what}\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn apply(s: &KubeTestServer, yaml: &str) -> anyhow::Result<String> {
-    let f = s.dir.join(format!("obj-{}.yaml", free_port()));
-    std::fs::write(&f, yaml).unwrap();
-    s.kubectl(&["apply", "-f", f.to_str().unwrap()])
-}
-
-fn pr(name: &str, ports: &str) -> String {
-    format!("apiVersion: portiso.io/v1alpha1\nkind: PortRange\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  ports: {ports}\n")
 }
 
 fn jsonpath(s: &KubeTestServer, name: &str, path: &str) -> String {

@@ -3,6 +3,9 @@
 //! a pinned release on loopback, see `portiso::testbed::kube`). No kubelet runs: the chart's pods
 //! never start, which is expected; what is checked is what Helm and the API server make of it.
 
+mod common;
+
+use common::kube::*;
 use futures::StreamExt;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::api::{PostParams, ResourceExt};
@@ -10,128 +13,13 @@ use kube::Api;
 use portiso::testbed::kube::KubeTestServer;
 use serde::Deserialize;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 const RELEASE: &str = "portiso";
 const NAMESPACE: &str = "portiso-system";
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 fn chart() -> String {
     workspace().join("charts/portiso").display().to_string()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn eventually<T>(what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
-    eventually_or(what, secs, f, String::new)
-}
-
-/// Like `eventually`, with `context` (e.g. a log) in the failure message.
-fn eventually_or<T>(
-    what: &str,
-    secs: u64,
-    mut f: impl FnMut() -> Option<T>,
-    context: impl Fn() -> String,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for: {what}\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn apply(s: &KubeTestServer, yaml: &str) -> anyhow::Result<String> {
-    let f = s.dir.join(format!("obj-{}.yaml", free_port()));
-    std::fs::write(&f, yaml).unwrap();
-    s.kubectl(&["apply", "-f", f.to_str().unwrap()])
-}
-
-fn pr(name: &str, ports: &str) -> String {
-    format!("apiVersion: portiso.io/v1alpha1\nkind: PortRange\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  ports: {ports}\n")
-}
-
-/// `portiso operator` as a child process; killed on drop.
-struct Operator {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Operator {
-    /// Runs `portiso <args>` with `env` on top of the server's kubeconfig.
-    fn spawn(s: &KubeTestServer, identity: &str, args: &[String], env: &[(&str, &str)]) -> Self {
-        let log = s.dir.join(format!("operator-{identity}.log"));
-        let mut cmd = s.command(Path::new(env!("CARGO_BIN_EXE_portiso")));
-        cmd.args(args).env("RUST_LOG", "info");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Operator { child, log }
-    }
-
-    /// A replica for the Lease and Secret in `default`, its webhook on 127.0.0.1:`webhook_port`.
-    fn start(s: &KubeTestServer, identity: &str, webhook_port: u16, extra: &[&str]) -> Self {
-        let mut args: Vec<String> = [
-            "operator",
-            "--webhook-addr",
-            &format!("127.0.0.1:{webhook_port}"),
-            "--namespace",
-            "default",
-            "--identity",
-            identity,
-            "--lease-duration",
-            "6",
-            "--reserved-host-ports",
-            "0-9999",
-        ]
-        .map(String::from)
-        .to_vec();
-        args.extend(extra.iter().map(|a| a.to_string()));
-        Self::spawn(s, identity, &args, &[])
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The log's last lines, for failure messages.
-    fn tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

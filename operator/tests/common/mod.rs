@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod kube;
+
 use portiso::testbed::Testbed;
 use std::path::Path;
 
