@@ -183,11 +183,23 @@ pub fn move_address(uplink: &str, bridge: &str, cidr: &str) -> Result<(), ExecEr
 /// out; packet sockets see a frame before that hook, so OVS still gets it. (With the kernel
 /// datapath OVS takes the frame itself and this must not be used.)
 pub fn isolate_from_host_stack(ifname: &str) -> Result<(), ExecError> {
-    run("nft", &["add", "table", "netdev", NFT_TABLE])?;
+    isolate_with(ifname, |args| run("nft", args))
+}
+
+/// [`isolate_from_host_stack`] for an interface in network namespace `netns` (a path).
+pub fn isolate_from_host_stack_in(netns: &str, ifname: &str) -> Result<(), ExecError> {
+    isolate_with(ifname, |args| in_netns(netns, "nft", args))
+}
+
+fn isolate_with(
+    ifname: &str,
+    nft: impl Fn(&[&str]) -> Result<String, ExecError>,
+) -> Result<(), ExecError> {
+    nft(&["add", "table", "netdev", NFT_TABLE])?;
     let chain = format!("in-{ifname}");
     let spec =
         format!("{{ type filter hook ingress device \"{ifname}\" priority -500 ; policy drop ; }}");
-    run("nft", &["add", "chain", "netdev", NFT_TABLE, &chain, &spec]).map(|_| ())
+    nft(&["add", "chain", "netdev", NFT_TABLE, &chain, &spec]).map(|_| ())
 }
 
 /// Whether the interface already has its chain (a restarted agent must not add a second one).

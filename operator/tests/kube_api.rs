@@ -14,18 +14,6 @@ fn server(name: &str) -> KubeTestServer {
     s
 }
 
-fn install_crd(s: &KubeTestServer) {
-    let crd = workspace().join("crds/portrange.yaml");
-    s.kubectl(&["apply", "-f", crd.to_str().unwrap()]).unwrap();
-    s.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/portranges.portiso.io",
-    ])
-    .unwrap();
-}
-
 fn jsonpath(s: &KubeTestServer, name: &str, path: &str) -> String {
     s.kubectl(&["get", "pr", name, "-o", &format!("jsonpath={path}")])
         .unwrap_or_default()

@@ -254,13 +254,7 @@ fn helm_installs_upgrades_and_uninstalls_the_chart_on_a_real_api_server() {
     assert_release_objects(&s, &installed);
 
     // The CRD from the chart's crds/ directory, established, with its printer columns.
-    s.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/portranges.portiso.io",
-    ])
-    .unwrap();
+    wait_for_crd(&s);
     let columns = s
         .kubectl(&[
             "get",
@@ -589,19 +583,7 @@ impl Timings {
 #[test]
 fn the_webhook_decides_against_ten_thousand_portranges_within_its_timeout() {
     let s = KubeTestServer::start("scale", &workspace()).expect("kube-apiserver starts");
-    s.kubectl(&[
-        "apply",
-        "-f",
-        workspace().join("crds/portrange.yaml").to_str().unwrap(),
-    ])
-    .unwrap();
-    s.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/portranges.portiso.io",
-    ])
-    .unwrap();
+    install_crd(&s);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = rt.block_on(s.client()).unwrap();
     let gvk = GroupVersionKind::gvk("portiso.io", "v1alpha1", "PortRange");

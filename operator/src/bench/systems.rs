@@ -289,7 +289,7 @@ fn plain_ovs(o: &BuildOptions) -> anyhow::Result<Built> {
     // sockets, and this namespace's IP stack must not process the frames a second time.
     if netdev {
         for p in &ports {
-            isolate(&sw, p)?;
+            crate::link::isolate_from_host_stack_in(&format!("/run/netns/{sw}"), p)?;
         }
     }
     for chunk in ports.chunks(50) {
@@ -414,26 +414,6 @@ fn rss_kib(pid: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// A netfilter ingress chain that drops everything on `ifname` (see `link::isolate_from_host_stack`).
-fn isolate(ns: &str, ifname: &str) -> Result<(), ExecError> {
-    let _ = in_ns(ns, "nft", &["add", "table", "netdev", "bench"]);
-    let spec =
-        format!("{{ type filter hook ingress device \"{ifname}\" priority -500 ; policy drop ; }}");
-    in_ns(
-        ns,
-        "nft",
-        &[
-            "add",
-            "chain",
-            "netdev",
-            "bench",
-            &format!("in-{ifname}"),
-            &spec,
-        ],
-    )
-    .map(|_| ())
 }
 
 /// Stops a private OVS of an earlier build (or run) and removes its directory.

@@ -59,8 +59,7 @@ pub struct Testbed {
 }
 
 /// The uplinks every testbed gets: two, so that multi-homing is always there to test.
-fn default_uplinks(name: &str) -> Vec<TestUplink> {
-    let _ = name;
+fn default_uplinks() -> Vec<TestUplink> {
     vec![
         TestUplink {
             name: "up1".into(),
@@ -95,7 +94,7 @@ impl Testbed {
             name: name.into(),
             node: format!("{name}-node"),
             outside: format!("{name}-out"),
-            uplinks: default_uplinks(name),
+            uplinks: default_uplinks(),
             portiso_bin: portiso_bin.into(),
             cni_bin,
             dir,

@@ -14,6 +14,24 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
+/// Applies crds/portrange.yaml and waits until the API server serves it.
+pub fn install_crd(s: &KubeTestServer) {
+    let crd = workspace().join("crds/portrange.yaml");
+    s.kubectl(&["apply", "-f", crd.to_str().unwrap()]).unwrap();
+    wait_for_crd(s);
+}
+
+/// Waits until the PortRange CRD (installed by whoever) is Established.
+pub fn wait_for_crd(s: &KubeTestServer) {
+    s.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/portranges.portiso.io",
+    ])
+    .unwrap();
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
