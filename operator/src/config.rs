@@ -37,6 +37,94 @@ pub enum DatapathChoice {
     Netdev,
 }
 
+/// What kind of OVS port the agent gives the uplink and the sandboxes on the userspace
+/// datapath (the kernel datapath always uses ordinary `system` ports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortTypeChoice {
+    /// `system` when the eBPF fast path carries the bulk of the traffic (it needs XDP on the
+    /// devices, which AF_XDP ports would take), else `afxdp` when the node has a core to give
+    /// OVS's poll-mode thread, else `afxdp-nonpmd`; `system` where AF_XDP is not available.
+    #[default]
+    Auto,
+    /// Ordinary ports: OVS reads and writes frames through packet (AF_PACKET) sockets.
+    System,
+    /// AF_XDP sockets polled by a dedicated OVS thread (a full core).
+    Afxdp,
+    /// AF_XDP sockets serviced by OVS's main thread.
+    AfxdpNonpmd,
+}
+
+impl PortTypeChoice {
+    /// The Interface type OVS knows it by.
+    pub fn ovs_type(self) -> &'static str {
+        match self {
+            PortTypeChoice::Auto | PortTypeChoice::System => "system",
+            PortTypeChoice::Afxdp => "afxdp",
+            PortTypeChoice::AfxdpNonpmd => "afxdp-nonpmd",
+        }
+    }
+}
+
+/// Whether TCP/UDP by port goes through the kernel eBPF fast path beside OVS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FastPathChoice {
+    /// On with the userspace datapath when the kernel offers BPF and XDP; off with the
+    /// kernel datapath, which is fast already.
+    #[default]
+    Auto,
+    /// Also with the kernel datapath. Still falls back to OVS alone, with a log line, when the
+    /// kernel lacks what it needs.
+    On,
+    Off,
+}
+
+/// The `datapath` section: either a bare datapath type (`datapath: netdev`) or the full form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DatapathConfig {
+    pub kind: DatapathChoice,
+    pub userspace_ports: PortTypeChoice,
+    pub fast_path: FastPathChoice,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawDatapath {
+    #[serde(default, rename = "type")]
+    kind: DatapathChoice,
+    #[serde(default)]
+    userspace_ports: PortTypeChoice,
+    #[serde(default)]
+    fast_path: FastPathChoice,
+}
+
+/// `datapath: auto|system|netdev` or `datapath: {type, userspacePorts, fastPath}`.
+fn parse_datapath(v: Option<serde_yaml::Value>) -> Result<DatapathConfig, String> {
+    let Some(v) = v else {
+        return Ok(DatapathConfig::default());
+    };
+    let raw: RawDatapath = if v.is_string() {
+        let kind = serde_yaml::from_value(v).map_err(|e| {
+            format!("{e}: write one of auto, system, netdev, or the full form {{type: auto, userspacePorts: auto, fastPath: auto}}")
+        })?;
+        RawDatapath {
+            kind,
+            userspace_ports: PortTypeChoice::Auto,
+            fast_path: FastPathChoice::Auto,
+        }
+    } else {
+        serde_yaml::from_value(v).map_err(|e| {
+            format!("{e} (the full form is {{type: auto|system|netdev, userspacePorts: auto|system|afxdp|afxdp-nonpmd, fastPath: auto|on|off}})")
+        })?
+    };
+    Ok(DatapathConfig {
+        kind: raw.kind,
+        userspace_ports: raw.userspace_ports,
+        fast_path: raw.fast_path,
+    })
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawUplink {
@@ -55,8 +143,7 @@ struct RawConfig {
     reserved_host_ports: Vec<String>,
     ranges_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
-    #[serde(default)]
-    datapath: DatapathChoice,
+    datapath: Option<serde_yaml::Value>,
     gc_grace_seconds: Option<u64>,
 }
 
@@ -87,7 +174,7 @@ pub struct AgentConfig {
     pub reserved_host_ports: Vec<(u16, u16)>,
     pub ranges_dir: PathBuf,
     pub socket: PathBuf,
-    pub datapath: DatapathChoice,
+    pub datapath: DatapathConfig,
     /// How long a sandbox must be gone (cluster mode: its pod deleted) before the agent removes
     /// its port and flows.
     pub gc_grace: std::time::Duration,
@@ -153,7 +240,8 @@ impl AgentConfig {
             socket: raw
                 .socket
                 .unwrap_or_else(|| PathBuf::from(portiso_agent_api::DEFAULT_SOCKET)),
-            datapath: raw.datapath,
+            datapath: parse_datapath(raw.datapath)
+                .map_err(|p| invalid("datapath".into(), p))?,
             gc_grace: std::time::Duration::from_secs(raw.gc_grace_seconds.unwrap_or(30)),
         })
     }
@@ -330,7 +418,34 @@ socket: /run/portiso/agent.sock
         assert_eq!(c.uplinks[0].gateway, Some(Ipv4Addr::new(198, 51, 100, 254)));
         assert_eq!(c.uplinks[1].bridge, "br-up2");
         assert_eq!(c.reserved_host_ports, vec![(0, 9999), (22, 22)]);
-        assert_eq!(c.datapath, DatapathChoice::Auto);
+        assert_eq!(c.datapath, DatapathConfig::default());
+    }
+
+    #[test]
+    fn datapath_takes_a_bare_type_or_the_full_form() {
+        let up = "uplinks: [{name: eth1, address: 198.51.100.1/24}]\n";
+        let c = AgentConfig::parse(&format!("{up}datapath: netdev"), "t").unwrap();
+        assert_eq!(c.datapath.kind, DatapathChoice::Netdev);
+        let c = AgentConfig::parse(
+            &format!("{up}datapath: {{type: netdev, userspacePorts: afxdp-nonpmd, fastPath: off}}"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            c.datapath,
+            DatapathConfig {
+                kind: DatapathChoice::Netdev,
+                userspace_ports: PortTypeChoice::AfxdpNonpmd,
+                fast_path: FastPathChoice::Off,
+            }
+        );
+        assert_eq!(c.datapath.userspace_ports.ovs_type(), "afxdp-nonpmd");
+        let e = err(&format!("{up}datapath: dpdk"));
+        assert!(e.contains("datapath") && e.contains("netdev"), "{e}");
+        let e = err(&format!("{up}datapath: {{userspacePort: afxdp}}"));
+        assert!(e.contains("datapath") && e.contains("userspacePorts"), "{e}");
+        let e = err(&format!("{up}datapath: {{fastPath: maybe}}"));
+        assert!(e.contains("datapath") && e.contains("fastPath"), "{e}");
     }
 
     fn err(text: &str) -> String {

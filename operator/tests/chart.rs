@@ -1132,7 +1132,7 @@ fn agent_config_map_holds_agent_yaml_and_overrides_yaml() {
     assert_eq!(config.uplinks[0].cidr(), "198.51.100.1/24");
     assert_eq!(config.reserved_host_ports, [(0, 9999)]);
     assert_eq!(config.socket, Path::new("/run/portiso/agent.sock"));
-    assert_eq!(config.datapath, portiso::config::DatapathChoice::Netdev);
+    assert_eq!(config.datapath.kind, portiso::config::DatapathChoice::Netdev);
 
     // A config change rolls the DaemonSet.
     let checksum = |r: &Rendered| {

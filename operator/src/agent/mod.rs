@@ -79,7 +79,7 @@ impl Agent {
         ovs: Box<dyn OvsExec>,
         sources: Box<dyn Sources>,
     ) -> Result<Self, AgentStartError> {
-        let datapath_type = choose_datapath(config.datapath).to_string();
+        let datapath_type = choose_datapath(config.datapath.kind).to_string();
         tracing::info!(datapath = %datapath_type, requested = ?config.datapath, "OVS datapath chosen");
         let mut uplinks = Vec::new();
         for u in &config.uplinks {
