@@ -13,6 +13,7 @@ packages=(
   qemu-system-x86      # boots the real VM guest of operator/tests/vm.rs (KVM, else TCG)
   kmod                 # depmod/modprobe order the guest's virtio-net modules (e2e/guest-image.sh)
   libc6-dev            # static glibc for the guest's helper, linked with rustc +crt-static
+  clang llvm libbpf-dev  # compile the eBPF fast path (operator/bpf/) into the portiso binary
 )
 
 missing=()

@@ -81,11 +81,28 @@ pub enum FastPathChoice {
 }
 
 /// The `datapath` section: either a bare datapath type (`datapath: netdev`) or the full form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatapathConfig {
     pub kind: DatapathChoice,
     pub userspace_ports: PortTypeChoice,
     pub fast_path: FastPathChoice,
+    /// Where the fast path pins its maps and links (a bpffs; mounted there if it is not one),
+    /// so that they outlive the agent.
+    pub bpf_dir: PathBuf,
+}
+
+/// The default `datapath.bpfDir`.
+pub const DEFAULT_BPF_DIR: &str = "/sys/fs/bpf/portiso";
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        DatapathConfig {
+            kind: DatapathChoice::Auto,
+            userspace_ports: PortTypeChoice::Auto,
+            fast_path: FastPathChoice::Auto,
+            bpf_dir: PathBuf::from(DEFAULT_BPF_DIR),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,6 +114,7 @@ struct RawDatapath {
     userspace_ports: PortTypeChoice,
     #[serde(default)]
     fast_path: FastPathChoice,
+    bpf_dir: Option<PathBuf>,
 }
 
 /// `datapath: auto|system|netdev` or `datapath: {type, userspacePorts, fastPath}`.
@@ -112,16 +130,20 @@ fn parse_datapath(v: Option<serde_yaml::Value>) -> Result<DatapathConfig, String
             kind,
             userspace_ports: PortTypeChoice::Auto,
             fast_path: FastPathChoice::Auto,
+            bpf_dir: None,
         }
     } else {
         serde_yaml::from_value(v).map_err(|e| {
-            format!("{e} (the full form is {{type: auto|system|netdev, userspacePorts: auto|system|afxdp|afxdp-nonpmd, fastPath: auto|on|off}})")
+            format!("{e} (the full form is {{type: auto|system|netdev, userspacePorts: auto|system|afxdp|afxdp-nonpmd, fastPath: auto|on|off, bpfDir: {DEFAULT_BPF_DIR}}})")
         })?
     };
     Ok(DatapathConfig {
         kind: raw.kind,
         userspace_ports: raw.userspace_ports,
         fast_path: raw.fast_path,
+        bpf_dir: raw
+            .bpf_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_BPF_DIR)),
     })
 }
 
@@ -240,8 +262,7 @@ impl AgentConfig {
             socket: raw
                 .socket
                 .unwrap_or_else(|| PathBuf::from(portiso_agent_api::DEFAULT_SOCKET)),
-            datapath: parse_datapath(raw.datapath)
-                .map_err(|p| invalid("datapath".into(), p))?,
+            datapath: parse_datapath(raw.datapath).map_err(|p| invalid("datapath".into(), p))?,
             gc_grace: std::time::Duration::from_secs(raw.gc_grace_seconds.unwrap_or(30)),
         })
     }
@@ -437,13 +458,17 @@ socket: /run/portiso/agent.sock
                 kind: DatapathChoice::Netdev,
                 userspace_ports: PortTypeChoice::AfxdpNonpmd,
                 fast_path: FastPathChoice::Off,
+                bpf_dir: PathBuf::from(DEFAULT_BPF_DIR),
             }
         );
         assert_eq!(c.datapath.userspace_ports.ovs_type(), "afxdp-nonpmd");
         let e = err(&format!("{up}datapath: dpdk"));
         assert!(e.contains("datapath") && e.contains("netdev"), "{e}");
         let e = err(&format!("{up}datapath: {{userspacePort: afxdp}}"));
-        assert!(e.contains("datapath") && e.contains("userspacePorts"), "{e}");
+        assert!(
+            e.contains("datapath") && e.contains("userspacePorts"),
+            "{e}"
+        );
         let e = err(&format!("{up}datapath: {{fastPath: maybe}}"));
         assert!(e.contains("datapath") && e.contains("fastPath"), "{e}");
     }

@@ -5,6 +5,7 @@
 //! - `model`: the PortRange API, port blocks, overlap and arbitration (pure);
 //! - `flows`: where a packet's fate is decided — the pure compiler from node state to OpenFlow;
 //! - `ovs`: the only module that runs ovs-vsctl / ovs-ofctl;
+//! - `fastpath`: the eBPF/XDP fast path beside OVS, fed from the same state as the flows;
 //! - `link`: the only module that creates veths and configures sandbox namespaces;
 //! - `agent`: the node agent (socket server, state, reconcile);
 //! - `testbed` and `demo`: a throwaway node in network namespaces, for the demo and the tests.
@@ -15,6 +16,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod exec;
+pub mod fastpath;
 pub mod flows;
 pub mod k8s;
 pub mod link;

@@ -21,7 +21,8 @@ pub struct SandboxLink<'a> {
     /// Set as net.ipv4.ip_local_port_range so that clients pick source ports it owns.
     pub local_ports: Option<(u16, u16)>,
     /// The userspace datapath leaves TCP/UDP checksums to offload and they arrive broken:
-    /// TX checksum offload must be off on both ends.
+    /// TX checksum offload must be off on both ends. AF_XDP ports (copy mode on veths) do not
+    /// complete them either: with offload on, TCP to the sandbox fails there too.
     pub checksum_offload_off: bool,
     /// Keep the host's IP stack away from the host end (userspace datapath only).
     pub isolate_host_end: bool,
@@ -180,7 +181,9 @@ pub fn move_address(uplink: &str, bridge: &str, cidr: &str) -> Result<(), ExecEr
 /// host's own IP stack still receives them too: it would answer a sandbox's connections with
 /// resets (the shared address is local to the host) and accept a sandbox's packets for the
 /// host's other addresses. A netfilter ingress chain that drops everything keeps the host stack
-/// out; packet sockets see a frame before that hook, so OVS still gets it. (With the kernel
+/// out; packet sockets see a frame before that hook, so OVS still gets it. AF_XDP ports take
+/// their frames in XDP, earlier still; the chain then only stops what OVS's XDP program passes
+/// on to the stack (a queue without a socket, a port being re-opened). (With the kernel
 /// datapath OVS takes the frame itself and this must not be used.)
 pub fn isolate_from_host_stack(ifname: &str) -> Result<(), ExecError> {
     isolate_with(ifname, |args| run("nft", args))
@@ -224,6 +227,18 @@ pub fn release_from_host_stack(ifname: &str) {
 }
 
 const NFT_TABLE: &str = "portiso";
+
+/// How many receive queues an interface of the agent's namespace has (at least 1).
+pub fn rx_queues(ifname: &str) -> u32 {
+    std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count() as u32
+        })
+        .unwrap_or(0)
+        .max(1)
+}
 
 /// Turns TX checksum offload off on an interface of the agent's namespace.
 pub fn checksum_offload_off(ifname: &str) -> Result<(), ExecError> {

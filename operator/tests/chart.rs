@@ -19,6 +19,9 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use portiso::config::{
+    AgentConfig, DatapathChoice, DatapathConfig, FastPathChoice, PortTypeChoice,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
@@ -579,10 +582,51 @@ fn agent_daemonset_has_exactly_the_privileges_and_mounts_it_needs() {
         ("/opt/cni/bin", None),
         ("/etc/cni/net.d", None),
         ("/run/portiso", None),
+        // The fast path's pins live on the host's bpffs; what the agent mounts there, too.
+        ("/sys/fs/bpf", Some("Bidirectional")),
     ] {
         let (host, prop) = host_mount(spec, agent, path);
         assert_eq!(host, path, "{path} is the host's {path}");
         assert_eq!(prop.as_deref(), propagation, "mountPropagation of {path}");
+    }
+    let bpffs = agent
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == "/sys/fs/bpf")
+        .expect("/sys/fs/bpf mounted");
+    assert_ne!(bpffs.read_only, Some(true), "the agent pins into the bpffs");
+    assert_eq!(
+        volume(spec, &bpffs.name)
+            .host_path
+            .as_ref()
+            .and_then(|h| h.type_.as_deref()),
+        Some("DirectoryOrCreate")
+    );
+    // ...and the pins go there: the configured bpfDir lies under that mount.
+    assert!(
+        parsed_agent_config(&r)
+            .datapath
+            .bpf_dir
+            .starts_with("/sys/fs/bpf/"),
+        "bpfDir under the host's bpffs"
+    );
+    // Only other containers of the pod (OVS) would need it: they do not get it.
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        if c.name != agent.name {
+            assert!(
+                !c.volume_mounts
+                    .iter()
+                    .flatten()
+                    .any(|m| m.mount_propagation.as_deref() == Some("Bidirectional")),
+                "{} has a Bidirectional mount",
+                c.name
+            );
+        }
     }
     // The config: agent.yaml from the agent ConfigMap, at the path --config names.
     let config_mount = agent
@@ -1117,14 +1161,29 @@ fn agent_config_map_holds_agent_yaml_and_overrides_yaml() {
         serde_yaml::from_str::<Value>("['0-9999']").unwrap()
     );
     assert_eq!(agent["socket"].as_str(), Some("/run/portiso/agent.sock"));
-    assert_eq!(agent["datapath"].as_str(), Some("auto"));
+    // The full form of the datapath section, every key spelt out.
+    let datapath: BTreeMap<String, String> =
+        serde_yaml::from_value(agent["datapath"].clone()).expect("datapath is a map of strings");
+    assert_eq!(
+        datapath,
+        BTreeMap::from(
+            [
+                ("type", "auto"),
+                ("userspacePorts", "auto"),
+                ("fastPath", "auto"),
+                ("bpfDir", "/sys/fs/bpf/portiso"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        )
+    );
+    assert_eq!(parsed_agent_config(&r).datapath, DatapathConfig::default());
     let overrides = config_key(&cm, "overrides.yaml");
     assert_eq!(overrides["overrides"].as_sequence().map(Vec::len), Some(0));
 
     // With addresses, the agent's own parser (unknown keys refused) takes the rendered config.
     let r = render(&["ovs-container-values.yaml"], &[]);
     let text = r.agent_config().data.unwrap().remove("agent.yaml").unwrap();
-    let config = portiso::config::AgentConfig::parse(&text, "agent.yaml")
+    let config = AgentConfig::parse(&text, "agent.yaml")
         .unwrap_or_else(|e| panic!("the agent refuses the chart's config: {e}\n{text}"));
     assert_eq!(config.uplinks.len(), 1);
     assert_eq!(config.uplinks[0].name, "eth1");
@@ -1132,7 +1191,58 @@ fn agent_config_map_holds_agent_yaml_and_overrides_yaml() {
     assert_eq!(config.uplinks[0].cidr(), "198.51.100.1/24");
     assert_eq!(config.reserved_host_ports, [(0, 9999)]);
     assert_eq!(config.socket, Path::new("/run/portiso/agent.sock"));
-    assert_eq!(config.datapath.kind, portiso::config::DatapathChoice::Netdev);
+    assert_eq!(
+        config.datapath,
+        DatapathConfig {
+            kind: DatapathChoice::Netdev,
+            userspace_ports: PortTypeChoice::Afxdp,
+            // `fastPath: off` unquoted in the values file: a YAML boolean to helm.
+            fast_path: FastPathChoice::Off,
+            bpf_dir: PathBuf::from("/sys/fs/bpf/portiso-ovs"),
+        }
+    );
+
+    // Each datapath value reaches the agent's config.
+    for (sets, want) in [
+        (
+            vec!["agent.fastPath=off,agent.userspacePorts=afxdp-nonpmd"],
+            DatapathConfig {
+                userspace_ports: PortTypeChoice::AfxdpNonpmd,
+                fast_path: FastPathChoice::Off,
+                ..DatapathConfig::default()
+            },
+        ),
+        (
+            vec!["agent.datapath=system", "agent.fastPath=on"],
+            DatapathConfig {
+                kind: DatapathChoice::System,
+                fast_path: FastPathChoice::On,
+                ..DatapathConfig::default()
+            },
+        ),
+        (
+            vec!["agent.fastPath=true", "agent.userspacePorts=system"],
+            DatapathConfig {
+                userspace_ports: PortTypeChoice::System,
+                fast_path: FastPathChoice::On,
+                ..DatapathConfig::default()
+            },
+        ),
+        (
+            vec![
+                "agent.fastPath=false",
+                "agent.bpfDir=/sys/fs/bpf/edge/portiso",
+            ],
+            DatapathConfig {
+                fast_path: FastPathChoice::Off,
+                bpf_dir: PathBuf::from("/sys/fs/bpf/edge/portiso"),
+                ..DatapathConfig::default()
+            },
+        ),
+    ] {
+        let r = render(&["default-values.yaml"], &sets);
+        assert_eq!(parsed_agent_config(&r).datapath, want, "{sets:?}");
+    }
 
     // A config change rolls the DaemonSet.
     let checksum = |r: &Rendered| {
@@ -1145,13 +1255,30 @@ fn agent_config_map_holds_agent_yaml_and_overrides_yaml() {
             .unwrap()["checksum/config"]
             .clone()
     };
-    assert_ne!(
-        checksum(&render(&["default-values.yaml"], &[])),
-        checksum(&render(
-            &["default-values.yaml"],
-            &["agent.datapath=system"]
-        ))
-    );
+    let default = checksum(&render(&["default-values.yaml"], &[]));
+    for set in [
+        "agent.datapath=system",
+        "agent.userspacePorts=afxdp",
+        "agent.fastPath=off",
+        "agent.bpfDir=/sys/fs/bpf/other",
+    ] {
+        assert_ne!(
+            default,
+            checksum(&render(&["default-values.yaml"], &[set])),
+            "{set} rolls the agents"
+        );
+    }
+}
+
+/// The rendered agent.yaml, through the agent's own parser (unknown keys refused).
+fn parsed_agent_config(r: &Rendered) -> AgentConfig {
+    let text = r
+        .agent_config()
+        .data
+        .and_then(|mut d| d.remove("agent.yaml"))
+        .expect("agent.yaml");
+    AgentConfig::parse(&text, "agent.yaml")
+        .unwrap_or_else(|e| panic!("the agent refuses the chart's config: {e}\n{text}"))
 }
 
 #[test]
@@ -1295,6 +1422,17 @@ fn bad_values_are_refused_with_a_reason() {
             "/webhook/failurePolicy",
         ),
         (vec!["agent.datapath=dpdk"], "/agent/datapath"),
+        (vec!["agent.userspacePorts=dpdk"], "/agent/userspacePorts"),
+        (
+            vec!["agent.userspacePorts=afxdp_nonpmd"],
+            "/agent/userspacePorts",
+        ),
+        (vec!["agent.fastPath=maybe"], "/agent/fastPath"),
+        (vec!["agent.fastPath=1"], "/agent/fastPath"),
+        // Pins outside the mounted host bpffs would die with the pod.
+        (vec!["agent.bpfDir=/run/portiso/bpf"], "/agent/bpfDir"),
+        (vec!["agent.bpfDir=/sys/fs/bpf"], "/agent/bpfDir"),
+        (vec!["agent.bpfDir=/sys/fs/bpf/../portiso"], "/agent/bpfDir"),
         (vec!["agent.uplinks=null"], "uplinks"),
         (vec!["agent.uplinks[0].bridge=br0"], "name"),
         (
@@ -1327,6 +1465,10 @@ fn bad_values_are_refused_with_a_reason() {
         vec!["image.pullPolicy=Always", "image.tag=1.2.3"],
         vec!["webhook.failurePolicy=Ignore"],
         vec!["agent.datapath=system"],
+        vec!["agent.userspacePorts=afxdp-nonpmd", "agent.fastPath=off"],
+        vec!["agent.userspacePorts=afxdp", "agent.fastPath=on"],
+        vec!["agent.fastPath=false"],
+        vec!["agent.bpfDir=/sys/fs/bpf/portiso-2/pins"],
     ] {
         render_release(RELEASE, &[], &sets).unwrap_or_else(|e| panic!("{sets:?}: {e}"));
     }

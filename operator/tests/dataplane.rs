@@ -4,291 +4,49 @@
 
 mod common;
 
+use common::dataplane::{
+    check_arp, check_echo, check_egress, check_steering, lands, two_sandboxes, LISTEN,
+};
 use common::{portrange, testbed};
-use portiso::testbed::netns::{count_frames, frame, run_in, tcp_send, udp_send, Listener};
-use portiso::testbed::Testbed;
-use std::net::SocketAddr;
+use portiso::testbed::netns::{count_frames, frame, tcp_send, Listener};
 use std::time::Duration;
-
-const LISTEN: Duration = Duration::from_secs(2);
-
-/// Who receives a connection (TCP) or datagram (UDP) from the peer to `port` on uplink 0;
-/// the answer must make it back to the peer too (egress of whoever got it).
-fn lands(tb: &Testbed, udp: bool, port: u16, sandboxes: &[&str]) -> Vec<String> {
-    let p = tb.probe(udp, 0, port, sandboxes).unwrap();
-    assert_eq!(
-        p.answered,
-        !p.landed.is_empty(),
-        "answer to the peer for port {port}: {p:?}; flows:\n{}",
-        tb.dump_flows("br-up1").unwrap()
-    );
-    p.landed
-}
-
-fn two_sandboxes(tag: &str) -> Testbed {
-    let ranges = portrange(
-        "web1",
-        "web1",
-        &[("TCP", 10000, 10099), ("UDP", 10000, 10099)],
-        &[],
-    ) + &portrange(
-        "web2",
-        "web2",
-        &[("TCP", 10100, 10199), ("UDP", 10100, 10199)],
-        &[],
-    );
-    let mut tb = testbed(tag, &ranges);
-    tb.attach("web1", "up1").unwrap();
-    tb.attach("web2", "up1").unwrap();
-    tb
-}
 
 #[test]
 fn tcp_and_udp_go_to_the_sandbox_that_owns_the_port_and_the_rest_to_the_host() {
     let tb = two_sandboxes("pdport");
-    for udp in [false, true] {
-        assert_eq!(
-            lands(&tb, udp, 10000, &["web1", "web2"]),
-            ["web1"],
-            "udp={udp}"
-        );
-        assert_eq!(
-            lands(&tb, udp, 10099, &["web1", "web2"]),
-            ["web1"],
-            "udp={udp}"
-        );
-        assert_eq!(
-            lands(&tb, udp, 10100, &["web1", "web2"]),
-            ["web2"],
-            "udp={udp}"
-        );
-        assert_eq!(
-            lands(&tb, udp, 10200, &["web1", "web2"]),
-            ["host"],
-            "udp={udp}"
-        );
-        assert_eq!(
-            lands(&tb, udp, 22, &["web1", "web2"]),
-            ["host"],
-            "udp={udp}"
+    check_steering(&tb);
+    let log = tb.agent_log();
+    assert!(log.contains("datapath=netdev"), "datapath choice is logged");
+    assert!(log.contains("OVS port type chosen"), "port type is logged");
+    // Run with PORTISO_TESTBED_DATAPATH='{…, userspacePorts: X, …}': really on X ports.
+    if let Some(ports) = tb
+        .datapath
+        .as_deref()
+        .and_then(|d| d.split("userspacePorts:").nth(1))
+        .and_then(|r| r.split([',', '}']).next())
+        .map(str::trim)
+        .filter(|p| *p != "auto")
+    {
+        assert!(
+            log.contains(&format!("port_type=\"{ports}\"")),
+            "ports of type {ports}:\n{log}"
         );
     }
-    assert!(
-        tb.agent_log().contains("datapath=netdev"),
-        "datapath choice is logged"
-    );
 }
 
 #[test]
 fn arp_requests_are_answered_by_the_host_only_and_replies_reach_everyone() {
-    let tb = two_sandboxes("pdarp");
-    let window = Duration::from_secs(3);
-    let req_in: Vec<_> = ["web1", "web2"]
-        .iter()
-        .map(|s| count_frames(&tb.sandbox_ns(s), window, frame::arp_request).unwrap())
-        .collect();
-    let replies_at_peer = count_frames(&tb.outside, window, frame::arp_reply).unwrap();
-    let replies_in_web2 = count_frames(&tb.sandbox_ns("web2"), window, frame::arp_reply).unwrap();
-    // The peer asks for the shared address, twice.
-    tb.out_cmd(
-        "busybox",
-        &["arping", "-c", "2", "-w", "2", "-I", "eth1", "198.51.100.1"],
-    )
-    .unwrap();
-    // web1 asks for the peer (a connection makes its kernel resolve it).
-    let _ = tcp_send(
-        &tb.sandbox_ns("web1"),
-        SocketAddr::from(([198, 51, 100, 7], 9)),
-        None,
-        "x",
-    );
-    for c in req_in {
-        assert_eq!(
-            c.join().unwrap().unwrap(),
-            0,
-            "no sandbox sees ARP requests for the shared address"
-        );
-    }
-    assert_eq!(
-        replies_at_peer.join().unwrap().unwrap(),
-        2,
-        "one answer per request: the host's"
-    );
-    assert!(
-        replies_in_web2.join().unwrap().unwrap() >= 1,
-        "the peer's ARP reply to web1 reaches web2 too"
-    );
-    let neigh = tb
-        .node_cmd("ip", &["neigh", "show", "198.51.100.7"])
-        .unwrap();
-    assert!(!neigh.trim().is_empty(), "the host learned the peer");
+    check_arp(&two_sandboxes("pdarp"));
 }
 
 #[test]
 fn echo_requests_are_answered_by_the_host_and_replies_go_only_to_the_pinging_sandbox() {
-    let tb = two_sandboxes("pdicmp");
-    let window = Duration::from_secs(4);
-    // The peer pings the shared address: the host answers, no sandbox sees the request.
-    let seen: Vec<_> = ["web1", "web2"]
-        .iter()
-        .map(|s| count_frames(&tb.sandbox_ns(s), window, frame::echo_request).unwrap())
-        .collect();
-    tb.out_cmd("busybox", &["ping", "-c", "2", "-W", "2", "198.51.100.1"])
-        .unwrap();
-    for c in seen {
-        assert_eq!(c.join().unwrap().unwrap(), 0);
-    }
-    // Both sandboxes ping the same peer at once: each gets exactly its own replies.
-    let replies: Vec<_> = ["web1", "web2"]
-        .iter()
-        .map(|s| count_frames(&tb.sandbox_ns(s), window, frame::echo_reply).unwrap())
-        .collect();
-    let pings: Vec<_> = [("web1", "3"), ("web2", "5")]
-        .iter()
-        .map(|(s, n)| {
-            let ns = tb.sandbox_ns(s);
-            let n = n.to_string();
-            std::thread::spawn(move || {
-                portiso::exec::run(
-                    "ip",
-                    &[
-                        "netns",
-                        "exec",
-                        &ns,
-                        "busybox",
-                        "ping",
-                        "-c",
-                        &n,
-                        "-i",
-                        "0.3",
-                        "-W",
-                        "2",
-                        "198.51.100.7",
-                    ],
-                )
-            })
-        })
-        .collect();
-    for p in pings {
-        p.join()
-            .unwrap()
-            .expect("every echo request of each sandbox is answered");
-    }
-    let got: Vec<usize> = replies
-        .into_iter()
-        .map(|c| c.join().unwrap().unwrap())
-        .collect();
-    assert_eq!(
-        got,
-        vec![3, 5],
-        "each sandbox receives only the replies to its own requests"
-    );
-    // The host's own pings still work beside them.
-    tb.node_cmd("busybox", &["ping", "-c", "1", "-W", "2", "198.51.100.7"])
-        .unwrap();
+    check_echo(&two_sandboxes("pdicmp"));
 }
 
 #[test]
 fn egress_allows_only_own_ports_with_the_shared_addresses() {
-    let tb = two_sandboxes("pdegr");
-    let peer = |port| SocketAddr::from(([198, 51, 100, 7], port));
-    let web1 = tb.sandbox_ns("web1");
-    // The sandbox's ephemeral ports lie in its range, so a plain client just works.
-    let range = run_in(&web1, || {
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-    })
-    .unwrap()
-    .unwrap();
-    assert_eq!(
-        range.split_whitespace().collect::<Vec<_>>(),
-        ["10000", "10099"]
-    );
-    let l = Listener::start(&tb.outside, false, 8080, LISTEN).unwrap();
-    assert_eq!(tcp_send(&web1, peer(8080), None, "plain").unwrap(), "plain");
-    assert_eq!(l.received().unwrap(), ["plain"]);
-
-    // From a port of its own: through. From a neighbour's or the host's port: dropped.
-    for (from, through) in [(10050, true), (10150, false), (5000, false)] {
-        let l = Listener::start(&tb.outside, true, 8081, LISTEN).unwrap();
-        let _ = udp_send(&web1, peer(8081), Some(from), &format!("from {from}"));
-        let got = l.received().unwrap();
-        assert_eq!(
-            got.contains(&format!("from {from}")),
-            through,
-            "UDP from source port {from}"
-        );
-    }
-    let l = Listener::start(&tb.outside, false, 8082, LISTEN).unwrap();
-    assert!(
-        tcp_send(&web1, peer(8082), Some(10150), "steal").is_err(),
-        "TCP from web2's port never connects"
-    );
-    assert!(l.received().unwrap().is_empty());
-
-    // A forged source address: dropped.
-    portiso::exec::run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &web1,
-            "ip",
-            "addr",
-            "add",
-            "198.51.100.99/24",
-            "dev",
-            "eth0",
-        ],
-    )
-    .unwrap();
-    let l = Listener::start(&tb.outside, true, 8083, LISTEN).unwrap();
-    let _ = run_in(&web1, move || {
-        let s = std::net::UdpSocket::bind("198.51.100.99:10060").unwrap();
-        s.send_to(b"forged ip", peer(8083)).unwrap();
-    });
-    assert!(
-        l.received().unwrap().is_empty(),
-        "a forged source IP never leaves"
-    );
-    // A forged MAC: dropped, even from its own port.
-    portiso::exec::run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &web1,
-            "ip",
-            "link",
-            "set",
-            "eth0",
-            "address",
-            "02:00:00:00:00:99",
-        ],
-    )
-    .unwrap();
-    let l = Listener::start(&tb.outside, true, 8084, LISTEN).unwrap();
-    let _ = udp_send(&web1, peer(8084), Some(10061), "forged mac");
-    assert!(
-        l.received().unwrap().is_empty(),
-        "a forged source MAC never leaves"
-    );
-    let flows = tb.dump_flows("br-up1").unwrap();
-    let drops = flows
-        .lines()
-        .find(|l| l.contains("priority=10,in_port=2 ") && l.contains("actions=drop"))
-        .and_then(|l| {
-            l.split("n_packets=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .unwrap_or(0);
-    assert!(
-        drops >= 4,
-        "web1's drops are counted on its own drop flow: {drops}\n{flows}"
-    );
+    check_egress(&two_sandboxes("pdegr"));
 }
 
 #[test]

@@ -118,3 +118,16 @@ gateway). Fails on repeated names or bridges. Call with (dict "uplinks" $list "w
   {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+agent.fastPath as the agent config spells it: auto, on or off. An unquoted on/off in a values
+file reaches the chart as a YAML 1.1 boolean, so true/false are taken as on/off.
+*/}}
+{{- define "portiso.fastPath" -}}
+{{- $v := .Values.agent.fastPath }}
+{{- if kindIs "bool" $v }}
+{{- ternary "on" "off" $v }}
+{{- else }}
+{{- $v }}
+{{- end }}
+{{- end }}

@@ -160,12 +160,21 @@ impl Agent {
                 ),
             )
         };
-        let ofport =
-            ovsdb::add_sandbox_port(self.ovs.as_ref(), &uplink.config.bridge, &host_if, &ids)
-                .map_err(|e| {
-                    let _ = ovsdb::del_port(self.ovs.as_ref(), &uplink.config.bridge, &host_if);
-                    undo_link(e.to_string())
-                })?;
+        let kind = ovsdb::PortKind {
+            ovs_type: self.port_type.ovs_type().into(),
+            n_rxq: link::rx_queues(&host_if),
+        };
+        let ofport = ovsdb::add_sandbox_port(
+            self.ovs.as_ref(),
+            &uplink.config.bridge,
+            &host_if,
+            &kind,
+            &ids,
+        )
+        .map_err(|e| {
+            let _ = ovsdb::del_port(self.ovs.as_ref(), &uplink.config.bridge, &host_if);
+            undo_link(e.to_string())
+        })?;
         let attachment = Attachment {
             key: r.key.clone(),
             uplink: r.uplink.clone(),

@@ -8,6 +8,7 @@
 mod attach;
 pub mod icmp_errors;
 mod icmp_relay;
+pub mod port_type;
 mod ranges;
 mod server;
 pub mod sources;
@@ -15,7 +16,8 @@ pub mod state;
 
 pub use server::serve;
 
-use crate::config::{AgentConfig, DatapathChoice, UplinkConfig};
+use crate::config::{AgentConfig, DatapathChoice, PortTypeChoice, UplinkConfig};
+use crate::fastpath::{self, FastPath};
 use crate::flows::{compile_bridge, diff};
 use crate::model::{arbitrate, ObjectKey, PortRange, Verdict};
 use crate::ovs::{self, OvsExec};
@@ -31,6 +33,8 @@ pub struct UplinkRuntime {
     pub uplink_ofport: u32,
     /// The shared MAC: the uplink NIC's own.
     pub mac: String,
+    /// The uplink NIC's interface index (the fast path's key for it).
+    pub ifindex: u32,
 }
 
 pub struct Agent {
@@ -38,6 +42,14 @@ pub struct Agent {
     ovs: Box<dyn OvsExec>,
     /// `netdev` or `system`.
     pub datapath_type: String,
+    /// The kind of port the uplinks and new sandbox ports get, and why (see `port_type`).
+    pub port_type: PortTypeChoice,
+    pub port_type_reason: String,
+    /// The eBPF fast path, when it runs; it sits behind a lock because its maps are written
+    /// from `reconcile`, which only reads the rest of the agent.
+    fast_path: Option<std::sync::Mutex<FastPath>>,
+    /// "on (…)" or "off: why", for the log and `portiso status`.
+    pub fast_path_status: String,
     pub uplinks: Vec<UplinkRuntime>,
     sources: Box<dyn Sources>,
     /// PortRanges that passed validation and arbitration.
@@ -81,6 +93,32 @@ impl Agent {
     ) -> Result<Self, AgentStartError> {
         let datapath_type = choose_datapath(config.datapath.kind).to_string();
         tracing::info!(datapath = %datapath_type, requested = ?config.datapath, "OVS datapath chosen");
+        // The fast path first: when it runs, it holds the devices' XDP hook, which AF_XDP
+        // ports would otherwise take.
+        let uplink_names: Vec<String> = config.uplinks.iter().map(|u| u.name.clone()).collect();
+        let (fast_path, fast_path_status) = match fastpath::wanted(&config.datapath, &datapath_type)
+            .and_then(|()| FastPath::open(&config.datapath, &uplink_names))
+        {
+            Ok(fp) => {
+                let status = format!("on ({} XDP on the uplinks and sandbox ports)", fp.mode);
+                tracing::info!(status = %status, "eBPF fast path on");
+                (Some(std::sync::Mutex::new(fp)), status)
+            }
+            Err(why) => {
+                let removed = fastpath::remove_leftover_links(&config.datapath.bpf_dir);
+                tracing::info!(reason = %why, removed_leftover_links = removed, "eBPF fast path off: OVS carries all traffic");
+                (None, format!("off: {why}"))
+            }
+        };
+        let fast_path_active = fast_path.is_some();
+        let (port_type, port_type_reason) = port_type::choose_port_type(
+            config.datapath.userspace_ports,
+            &datapath_type,
+            fast_path_active,
+            port_type::node_cpus(),
+            &ovsdb::iface_types(ovs.as_ref())?,
+        );
+        tracing::info!(port_type = port_type.ovs_type(), reason = %port_type_reason, "OVS port type chosen");
         let mut uplinks = Vec::new();
         for u in &config.uplinks {
             let fail = |detail: String| AgentStartError::Uplink {
@@ -102,8 +140,18 @@ impl Agent {
                     "no such network interface ({e}): check uplinks[].name"
                 ))
             })?;
-            let uplink_ofport =
-                ovsdb::ensure_bridge(ovs.as_ref(), &u.bridge, &u.name, &datapath_type, &mac)?;
+            let kind = ovsdb::PortKind {
+                ovs_type: port_type.ovs_type().into(),
+                n_rxq: link::rx_queues(&u.name),
+            };
+            let uplink_ofport = ovsdb::ensure_bridge(
+                ovs.as_ref(),
+                &u.bridge,
+                &u.name,
+                &datapath_type,
+                &mac,
+                &kind,
+            )?;
             if datapath_type == "netdev" {
                 link::checksum_offload_off(&u.name).map_err(|e| fail(e.to_string()))?;
                 if !link::is_isolated(&u.name) {
@@ -112,16 +160,20 @@ impl Agent {
             }
             link::move_address(&u.name, &u.bridge, &u.cidr()).map_err(|e| fail(e.to_string()))?;
             tracing::info!(uplink = %u.name, bridge = %u.bridge, address = %u.cidr(), %mac, "uplink bridge ready");
+            let ifindex = fastpath::ifindex(&u.name).unwrap_or(0);
             uplinks.push(UplinkRuntime {
                 config: u,
                 uplink_ofport,
                 mac,
+                ifindex,
             });
         }
         let mut agent = Agent {
             config,
             ovs,
             datapath_type,
+            port_type,
+            port_type_reason,
             uplinks,
             sources,
             accepted: Vec::new(),
@@ -129,6 +181,8 @@ impl Agent {
             attachments: Vec::new(),
             gone_since: BTreeMap::new(),
             icmp_relay: icmp_relay::IcmpRelay::default(),
+            fast_path,
+            fast_path_status,
         };
         agent.adopt_ports()?;
         agent.refresh();
@@ -161,6 +215,13 @@ impl Agent {
                     local_ports: None,
                 };
                 tracing::info!(sandbox = %a.sandbox(), port = %a.host_if, "re-adopted attachment");
+                // A port keeps the type it was created with even when the choice changed since:
+                // converting would interrupt a running sandbox, and ports of every type work
+                // side by side on one userspace bridge (the veth settings are the same for all).
+                // The sandbox's next attachment gets the new type.
+                if p.iface_type != self.port_type.ovs_type() {
+                    tracing::warn!(sandbox = %a.sandbox(), port = %a.host_if, has = %p.iface_type, chosen = self.port_type.ovs_type(), "re-adopted port keeps its earlier port type");
+                }
                 self.attachments.push(a);
             }
         }
@@ -253,7 +314,20 @@ impl Agent {
         if !d.is_empty() {
             tracing::info!(bridge = %uplink.config.bridge, add = d.add.len(), delete = d.delete.len(), "flows updated");
         }
+        // The fast path never steers a frame where OVS would not: entries that go are removed
+        // before the flows change, new ones are added once the flows are in.
+        let fast_maps = self.fast_path.as_ref().map(|_| {
+            let host_ifs = self
+                .attachments
+                .iter()
+                .filter(|a| a.uplink == uplink.config.name)
+                .map(|a| (a.ofport, a.host_if.clone()))
+                .collect();
+            FastPath::compile(&bridge_state, uplink.ifindex, &host_ifs)
+        });
+        self.fast_path_step(uplink, fast_maps.as_ref(), FastPath::before_flows);
         self.ovs.apply(&uplink.config.bridge, &d)?;
+        self.fast_path_step(uplink, fast_maps.as_ref(), FastPath::after_flows);
         self.report_programmed();
         // ICMP errors follow the same ports as the flows now installed.
         self.icmp_relay.update(
@@ -261,6 +335,24 @@ impl Agent {
             icmp_errors::PortMap::from(&bridge_state),
         );
         Ok(())
+    }
+
+    /// Runs one step of the fast path's update. A fast path that fails is turned off (its
+    /// links removed), never left half-updated: OVS then carries everything, as it can.
+    fn fast_path_step(
+        &self,
+        uplink: &UplinkRuntime,
+        maps: Option<&fastpath::maps::FastPathMaps>,
+        step: fn(&mut FastPath, u32, &fastpath::maps::FastPathMaps) -> anyhow::Result<()>,
+    ) {
+        let (Some(lock), Some(maps)) = (&self.fast_path, maps) else {
+            return;
+        };
+        let mut fp = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = step(&mut fp, uplink.ifindex, maps) {
+            tracing::error!(uplink = %uplink.config.name, error = %format!("{e:#}"), "eBPF fast path failed: turned off, OVS carries all traffic");
+            fp.turn_off();
+        }
     }
 
     /// Starts, per bridge, the supervised slow path that passes inbound ICMP errors on to the
@@ -324,16 +416,21 @@ mod tests {
                 config: config.uplinks[0].clone(),
                 uplink_ofport: 1,
                 mac: "02:00:00:00:00:01".into(),
+                ifindex: 0,
             }],
             config,
             ovs: Box::new(ovs),
             datapath_type: "netdev".into(),
+            port_type: PortTypeChoice::AfxdpNonpmd,
+            port_type_reason: "test".into(),
             sources: Box::new(sources::StaticSources { ranges: None }),
             gone_since: BTreeMap::new(),
             accepted: ranges,
             refused: BTreeMap::new(),
             attachments: vec![attachment("a", 2), attachment("b", 3)],
             icmp_relay: Default::default(),
+            fast_path: None,
+            fast_path_status: "off: test".into(),
         }
     }
 

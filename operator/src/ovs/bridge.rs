@@ -19,14 +19,19 @@ pub const EXT_UID: &str = "portiso-sandbox-uid";
 /// Creates (or adopts) the bridge around an uplink NIC: fail-mode secure so that OVS never
 /// floods on its own, the uplink's MAC as the bridge's (the address the world already knows),
 /// and the uplink as a port. Idempotent.
+///
+/// The uplink's Interface type is set to `port` on every call: when the chosen port type
+/// changed since the last run, the uplink follows it (OVS re-opens the device under the same
+/// OpenFlow port number, so the installed flows stay valid; the uplink pauses for a moment).
 pub fn ensure_bridge(
     ovs: &dyn OvsExec,
     bridge: &str,
     uplink: &str,
     datapath_type: &str,
     mac: &str,
+    port: &PortKind,
 ) -> Result<u32, OvsError> {
-    ovs.vsctl(&[
+    let mut args: Vec<String> = [
         "--may-exist",
         "add-br",
         bridge,
@@ -48,11 +53,88 @@ pub fn ensure_bridge(
         "Interface",
         uplink,
         &format!("external_ids:{EXT_ROLE}=uplink"),
-    ])?;
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(port.set_args(uplink));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    ovs.vsctl(&argv)?;
     port_ofport(ovs, uplink)
 }
 
+/// The kind of Interface a port is created as on the userspace datapath.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortKind {
+    /// `system`, `afxdp` or `afxdp-nonpmd`.
+    pub ovs_type: String,
+    /// AF_XDP: how many receive queues OVS opens a socket on. The XDP program passes frames
+    /// of queues without a socket on to the kernel stack, so this must cover every queue
+    /// the device receives on (a veth: 1; a NIC: its channels).
+    pub n_rxq: u32,
+}
+
+impl PortKind {
+    pub fn system() -> Self {
+        PortKind {
+            ovs_type: "system".into(),
+            n_rxq: 1,
+        }
+    }
+
+    pub fn is_afxdp(&self) -> bool {
+        self.ovs_type.starts_with("afxdp")
+    }
+
+    /// `ovs-vsctl` commands (each after a `--`) that give `iface` this kind.
+    fn set_args(&self, iface: &str) -> Vec<String> {
+        let mut a: Vec<String> = ["--", "set", "Interface", iface]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.push(format!("type={}", self.ovs_type));
+        if self.is_afxdp() {
+            a.push(format!("options:n_rxq={}", self.n_rxq.max(1)));
+        } else {
+            // Back from AF_XDP: an ordinary port takes no queue option.
+            a.extend(
+                ["--", "remove", "Interface", iface, "options", "n_rxq"]
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
+        }
+        a
+    }
+}
+
+/// The Interface types this Open vSwitch can create (`Open_vSwitch.iface_types`), waiting
+/// (bounded) for a just-started ovs-vswitchd to fill the column in.
+pub fn iface_types(ovs: &dyn OvsExec) -> Result<Vec<String>, OvsError> {
+    let mut types = Vec::new();
+    for _ in 0..30 {
+        types = parse_set(&ovs.vsctl(&["get", "Open_vSwitch", ".", "iface_types"])?);
+        if !types.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(types)
+}
+
+/// Reads an OVSDB set as ovs-vsctl prints it: `[a, "b-c", d]`.
+fn parse_set(text: &str) -> Vec<String> {
+    text.trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(',')
+        .map(|t| t.trim().trim_matches('"').to_string())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
 /// The OpenFlow port number of an interface, waiting (bounded) for OVS to assign it.
+/// A port OVS could not open (ofport -1) fails at once with OVS's own reason
+/// (`Interface.error`), e.g. an AF_XDP socket the device refused.
 pub fn port_ofport(ovs: &dyn OvsExec, iface: &str) -> Result<u32, OvsError> {
     let mut last = String::new();
     for _ in 0..50 {
@@ -60,6 +142,27 @@ pub fn port_ofport(ovs: &dyn OvsExec, iface: &str) -> Result<u32, OvsError> {
         if let Ok(n) = last.trim().parse::<i64>() {
             if n > 0 {
                 return Ok(n as u32);
+            }
+            if n == -1 {
+                let error = ovs
+                    .vsctl(&["get", "Interface", iface, "error"])
+                    .unwrap_or_default();
+                let error = error.trim().trim_matches('"');
+                let kind = ovs
+                    .vsctl(&["get", "Interface", iface, "type"])
+                    .unwrap_or_default();
+                if !error.is_empty() && error != "[]" {
+                    return Err(OvsError {
+                        argv: format!("ovs-vsctl get Interface {iface} ofport"),
+                        status: format!(
+                            "Open vSwitch could not open port {iface} (type {})",
+                            kind.trim().trim_matches('"')
+                        ),
+                        stderr: format!(
+                            "{error}; datapath.userspacePorts: system in the agent config avoids AF_XDP ports"
+                        ),
+                    });
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -80,6 +183,8 @@ pub struct OvsPort {
     pub name: String,
     pub bridge: String,
     pub ofport: u32,
+    /// The Interface type (`system` when OVSDB leaves it empty).
+    pub iface_type: String,
     pub external_ids: BTreeMap<String, String>,
 }
 
@@ -90,12 +195,12 @@ pub fn list_sandbox_ports(ovs: &dyn OvsExec, bridge: &str) -> Result<Vec<OvsPort
     for name in names.lines().map(str::trim).filter(|n| !n.is_empty()) {
         let json = ovs.vsctl(&[
             "--format=json",
-            "--columns=ofport,external_ids",
+            "--columns=ofport,type,external_ids",
             "list",
             "Interface",
             name,
         ])?;
-        let Some((ofport, ids)) = parse_interface_row(&json) else {
+        let Some((ofport, iface_type, ids)) = parse_interface_row(&json) else {
             continue;
         };
         if ids.get(EXT_ROLE).map(String::as_str) == Some("sandbox") && ofport > 0 {
@@ -103,6 +208,7 @@ pub fn list_sandbox_ports(ovs: &dyn OvsExec, bridge: &str) -> Result<Vec<OvsPort
                 name: name.to_string(),
                 bridge: bridge.to_string(),
                 ofport: ofport as u32,
+                iface_type,
                 external_ids: ids,
             });
         }
@@ -110,12 +216,18 @@ pub fn list_sandbox_ports(ovs: &dyn OvsExec, bridge: &str) -> Result<Vec<OvsPort
     Ok(out)
 }
 
-/// Reads `{"data":[[ofport, ["map", [[k, v], ...]]]], ...}` as ovs-vsctl --format=json prints it.
-fn parse_interface_row(json: &str) -> Option<(i64, BTreeMap<String, String>)> {
+/// Reads `{"data":[[ofport, type, ["map", [[k, v], ...]]]], ...}` as ovs-vsctl --format=json
+/// prints it.
+fn parse_interface_row(json: &str) -> Option<(i64, String, BTreeMap<String, String>)> {
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
     let row = v.get("data")?.get(0)?;
     let ofport = row.get(0)?.as_i64().unwrap_or(-1);
-    let pairs = row.get(1)?.get(1)?.as_array()?;
+    let iface_type = match row.get(1)?.as_str()? {
+        "" => "system",
+        t => t,
+    }
+    .to_string();
+    let pairs = row.get(2)?.get(1)?.as_array()?;
     let ids = pairs
         .iter()
         .filter_map(|p| {
@@ -125,14 +237,16 @@ fn parse_interface_row(json: &str) -> Option<(i64, BTreeMap<String, String>)> {
             ))
         })
         .collect();
-    Some((ofport, ids))
+    Some((ofport, iface_type, ids))
 }
 
-/// Adds a sandbox's host-side interface to the bridge, recording who it belongs to.
+/// Adds a sandbox's host-side interface to the bridge as a port of kind `port`, recording who
+/// it belongs to.
 pub fn add_sandbox_port(
     ovs: &dyn OvsExec,
     bridge: &str,
     iface: &str,
+    port: &PortKind,
     ids: &[(&str, &str)],
 ) -> Result<u32, OvsError> {
     let mut args = vec![
@@ -151,6 +265,7 @@ pub fn add_sandbox_port(
         ids.iter()
             .map(|(k, v)| format!("external_ids:{k}={}", quote(v))),
     );
+    args.extend(port.set_args(iface));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     ovs.vsctl(&argv)?;
     port_ofport(ovs, iface)
@@ -172,9 +287,12 @@ mod tests {
 
     #[test]
     fn reads_an_interface_row() {
-        let json = r#"{"data":[[3,["map",[["portiso-role","sandbox"],["portiso-ifname","eth0"]]]]],"headings":["ofport","external_ids"]}"#;
-        let (ofport, ids) = parse_interface_row(json).unwrap();
+        let json = r#"{"data":[[3,"afxdp-nonpmd",["map",[["portiso-role","sandbox"],["portiso-ifname","eth0"]]]]],"headings":["ofport","type","external_ids"]}"#;
+        let (ofport, kind, ids) = parse_interface_row(json).unwrap();
         assert_eq!(ofport, 3);
+        assert_eq!(kind, "afxdp-nonpmd");
+        let json = r#"{"data":[[4,"",["map",[]]]],"headings":["ofport","type","external_ids"]}"#;
+        assert_eq!(parse_interface_row(json).unwrap().1, "system");
         assert_eq!(ids["portiso-role"], "sandbox");
         assert_eq!(ids["portiso-ifname"], "eth0");
     }
@@ -183,5 +301,37 @@ mod tests {
     fn external_id_values_are_quoted() {
         assert_eq!(quote("/run/netns/a b"), "\"/run/netns/a b\"");
         assert_eq!(quote("x\"y"), "\"x\\\"y\"");
+    }
+
+    #[test]
+    fn reads_the_interface_types() {
+        assert_eq!(
+            parse_set("[afxdp, afxdp-nonpmd, geneve, internal, system, tap]\n"),
+            [
+                "afxdp",
+                "afxdp-nonpmd",
+                "geneve",
+                "internal",
+                "system",
+                "tap"
+            ]
+        );
+        assert!(parse_set("[]\n").is_empty());
+    }
+
+    #[test]
+    fn afxdp_ports_get_their_queues_and_system_ports_lose_them() {
+        let afxdp = PortKind {
+            ovs_type: "afxdp-nonpmd".into(),
+            n_rxq: 4,
+        };
+        assert_eq!(
+            afxdp.set_args("pi1").join(" "),
+            "-- set Interface pi1 type=afxdp-nonpmd options:n_rxq=4"
+        );
+        assert_eq!(
+            PortKind::system().set_args("pi1").join(" "),
+            "-- set Interface pi1 type=system -- remove Interface pi1 options n_rxq"
+        );
     }
 }

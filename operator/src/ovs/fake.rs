@@ -5,6 +5,10 @@ use crate::flows::FlowDiff;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+/// What the fake answers for `Open_vSwitch.iface_types`: Debian's OVS 3.1 with AF_XDP.
+pub const FAKE_IFACE_TYPES: &str =
+    "[afxdp, afxdp-nonpmd, bareudp, erspan, geneve, gre, internal, system, tap, vxlan]\n";
+
 #[derive(Default)]
 pub struct FakeOvs {
     pub vsctl_calls: Mutex<Vec<Vec<String>>>,
@@ -17,6 +21,9 @@ impl OvsExec for FakeOvs {
     fn vsctl(&self, args: &[&str]) -> Result<String, OvsError> {
         let mut calls = self.vsctl_calls.lock().expect("lock");
         calls.push(args.iter().map(|s| s.to_string()).collect());
+        if args == ["get", "Open_vSwitch", ".", "iface_types"] {
+            return Ok(FAKE_IFACE_TYPES.into());
+        }
         Ok(String::new())
     }
 

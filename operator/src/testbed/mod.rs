@@ -54,6 +54,9 @@ pub struct Testbed {
     pub uplinks: Vec<TestUplink>,
     pub portiso_bin: PathBuf,
     pub cni_bin: PathBuf,
+    /// The agent config's `datapath:` value, if any: from [`DATAPATH_ENV`] unless a test sets
+    /// it before starting the agent.
+    pub datapath: Option<String>,
     agent: Option<Child>,
     sandboxes: Vec<String>,
 }
@@ -76,6 +79,10 @@ fn default_uplinks() -> Vec<TestUplink> {
     ]
 }
 
+/// Set to a `datapath:` value (e.g. `{type: netdev, userspacePorts: afxdp-nonpmd, fastPath: off}`)
+/// to run every testbed's agent with it, so that whole test files can be re-run per port type.
+pub const DATAPATH_ENV: &str = "PORTISO_TESTBED_DATAPATH";
+
 /// The ports the host keeps in every testbed.
 pub const RESERVED_HOST_PORTS: &str = "0-9999";
 
@@ -97,6 +104,9 @@ impl Testbed {
             uplinks: default_uplinks(),
             portiso_bin: portiso_bin.into(),
             cni_bin,
+            datapath: std::env::var(DATAPATH_ENV)
+                .ok()
+                .filter(|d| !d.trim().is_empty()),
             dir,
             agent: None,
             sandboxes: Vec::new(),
@@ -108,6 +118,9 @@ impl Testbed {
     }
 
     fn build(&self) -> anyhow::Result<()> {
+        let bpf = self.bpf_dir();
+        std::fs::create_dir_all(&bpf)?;
+        run("mount", &["-t", "bpf", "bpf", &bpf.display().to_string()])?;
         run("ip", &["netns", "add", &self.node])?;
         run("ip", &["netns", "add", &self.outside])?;
         self.start_ovs()?;
@@ -182,7 +195,33 @@ impl Testbed {
             self.dir.join("ranges").display(),
             self.socket().display()
         );
+        y += &format!("datapath: {}\n", self.datapath_yaml());
         y
+    }
+
+    /// The `datapath:` section: the chosen one, with the fast path's pins in this testbed's
+    /// own bpffs (so that testbeds never share maps and a restarted agent finds its pins).
+    fn datapath_yaml(&self) -> String {
+        let bpf = format!("bpfDir: {}", self.bpf_dir().display());
+        match self.datapath.as_deref().map(str::trim) {
+            None => format!("{{{bpf}}}"),
+            Some(d) if d.starts_with('{') => {
+                let inner = d.trim_start_matches('{').trim_end_matches('}').trim();
+                if inner.is_empty() {
+                    format!("{{{bpf}}}")
+                } else if inner.contains("bpfDir") {
+                    format!("{{{inner}}}")
+                } else {
+                    format!("{{{inner}, {bpf}}}")
+                }
+            }
+            Some(d) => format!("{{type: {d}, {bpf}}}"),
+        }
+    }
+
+    /// A bpffs of the testbed's own (mounted by `build`).
+    pub fn bpf_dir(&self) -> PathBuf {
+        self.dir.join("bpf")
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -412,6 +451,13 @@ impl Testbed {
                 if ns.starts_with(&prefix) {
                     let _ = run("ip", &["netns", "del", ns]);
                 }
+            }
+        }
+        // Unmounting the bpffs drops the fast path's pinned maps and links.
+        let bpf = self.bpf_dir().display().to_string();
+        for _ in 0..4 {
+            if run("umount", &[&bpf]).is_err() {
+                break;
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -213,6 +213,9 @@ pub fn count_frames(
         const PACKET_OUTGOING: u8 = 4;
         let proto = socket2::Protocol::from((ETH_P_ALL as u16).to_be() as i32);
         let sock = socket2::Socket::new(socket2::Domain::PACKET, socket2::Type::RAW, Some(proto))?;
+        // Room for bursts of thousands of frames while this thread waits for a CPU, so that a
+        // count is never short because the counter fell behind.
+        let _ = sock.set_recv_buffer_size(16 << 20);
         let _ = ready_tx.send(());
         let deadline = Instant::now() + window;
         let mut n = 0;

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod dataplane;
 pub mod kube;
 
 use portiso::testbed::Testbed;
@@ -9,9 +10,25 @@ use std::path::Path;
 
 /// A testbed named `tag` with the agent started and `ranges` in rangesDir.
 pub fn testbed(tag: &str, ranges: &str) -> Testbed {
+    testbed_with(tag, ranges, None, |_| {})
+}
+
+/// [`testbed`] with the agent config's `datapath:` set to `datapath` (None: the one from
+/// `PORTISO_TESTBED_DATAPATH`, if any), and `prepare` run (e.g. on the private OVS) before the
+/// agent starts.
+pub fn testbed_with(
+    tag: &str,
+    ranges: &str,
+    datapath: Option<&str>,
+    prepare: impl FnOnce(&Testbed),
+) -> Testbed {
     let mut tb = Testbed::new(tag, Path::new(env!("CARGO_BIN_EXE_portiso"))).expect("testbed");
+    if let Some(d) = datapath {
+        tb.datapath = Some(d.to_string());
+    }
     tb.write_ranges("ranges.yaml", ranges)
         .expect("write ranges");
+    prepare(&tb);
     tb.start_agent().expect("agent starts");
     tb
 }
