@@ -15,7 +15,7 @@ pub const DEFAULT_SOCKET: &str = "/run/portiso/agent.sock";
 
 /// Which sandbox interface a request is about: CNI identifies an attachment by
 /// container id and interface name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AttachmentKey {
     pub container_id: String,
@@ -68,6 +68,8 @@ pub enum Request {
         uplink: String,
         valid: Vec<AttachmentKey>,
     },
+    /// What the agent is doing: datapath, uplinks, sandboxes, counters (`portiso status`).
+    Describe,
 }
 
 /// The sandbox side of an attachment, as CNI reports it.
@@ -124,6 +126,131 @@ pub enum Response {
     Attached(Attached),
     Done,
     Error(AgentError),
+    /// The answer to `Describe`.
+    Node(NodeStatus),
+}
+
+/// What the node's agent is doing, as `portiso status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// The OVS datapath: `system` (kernel) or `netdev` (userspace).
+    pub datapath: String,
+    /// The OVS type of the uplink and sandbox ports (e.g. `system`, `afxdp-nonpmd`) and why.
+    pub port_type: String,
+    pub port_type_reason: String,
+    /// The eBPF fast path: "on (…)" or "off: why".
+    pub fast_path: String,
+    /// How the fast path's XDP programs run (`generic` or `native`), when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_path_mode: Option<String>,
+    pub uplinks: Vec<UplinkStatus>,
+    pub sandboxes: Vec<SandboxStatus>,
+    pub refused: Vec<RefusedRange>,
+    /// What the agent could not find out for this answer (e.g. OVS's flow counters).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// One uplink and its bridge.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UplinkStatus {
+    pub name: String,
+    pub bridge: String,
+    /// The shared address with its prefix, e.g. 198.51.100.1/24.
+    pub address: String,
+    /// The shared MAC.
+    pub mac: String,
+    /// The uplink NIC's OVS port number.
+    pub ofport: u32,
+    /// How many flows the agent keeps on the bridge.
+    pub flows: u64,
+    /// The fast path's counters for frames arriving on the uplink NIC, when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_path: Option<FastPathCounters>,
+}
+
+/// One attached sandbox interface.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxStatus {
+    pub namespace: String,
+    pub name: String,
+    #[serde(flatten)]
+    pub key: AttachmentKey,
+    pub uplink: String,
+    /// The host side of its veth, the OVS port.
+    pub host_if: String,
+    pub ofport: u32,
+    /// The PortRanges whose ports it holds on its uplink.
+    pub ranges: Vec<HeldRange>,
+    /// The ip_local_port_range the agent set in the sandbox, e.g. "10000-10099".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_port_range: Option<String>,
+    /// Packets OVS dropped from this sandbox, in all (None: OVS's counters were unreadable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<u64>,
+    /// The same packets by reason, where the flows tell it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drops: Vec<DropCount>,
+    /// The fast path's counters for frames the sandbox sent, when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_path: Option<FastPathCounters>,
+}
+
+/// A PortRange a sandbox holds, and its ports, e.g. "TCP 10000-10099".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldRange {
+    /// `namespace/name`.
+    pub range: String,
+    pub ports: Vec<String>,
+}
+
+/// Packets dropped for one reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DropCount {
+    pub reason: String,
+    pub packets: u64,
+}
+
+/// A PortRange the agent refused, and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusedRange {
+    /// `namespace/name`.
+    pub range: String,
+    pub reason: String,
+}
+
+/// The fast path's counters of one interface (frames arriving there), summed over the CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FastPathCounters {
+    /// Frames (and their bytes) the fast path carried itself.
+    pub fast_packets: u64,
+    pub fast_bytes: u64,
+    /// Frames left to OVS, by reason.
+    pub slow_not_ipv4_tcp_udp: u64,
+    pub slow_fragment_or_options: u64,
+    pub slow_not_shared_address: u64,
+    pub slow_port_not_owned: u64,
+    pub slow_redirect_failed: u64,
+}
+
+impl FastPathCounters {
+    /// Every slow-path reason with its count, in a fixed order.
+    pub fn slow(&self) -> [(&'static str, u64); 5] {
+        [
+            ("not IPv4 TCP/UDP", self.slow_not_ipv4_tcp_udp),
+            ("fragment or IP options", self.slow_fragment_or_options),
+            ("not the shared address", self.slow_not_shared_address),
+            ("port not owned", self.slow_port_not_owned),
+            ("redirect failed", self.slow_redirect_failed),
+        ]
+    }
 }
 
 /// Why a call to the agent failed before it could answer.
@@ -191,6 +318,46 @@ mod tests {
         assert!(text.contains(r#""op":"add""#), "{text}");
         assert!(text.contains(r#""containerId":"c1""#), "{text}");
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), req);
+    }
+
+    #[test]
+    fn describe_and_its_answer_round_trip() {
+        let text = serde_json::to_string(&Request::Describe).unwrap();
+        assert_eq!(text, r#"{"op":"describe"}"#);
+        assert_eq!(
+            serde_json::from_str::<Request>(&text).unwrap(),
+            Request::Describe
+        );
+        let node = Response::Node(NodeStatus {
+            datapath: "netdev".into(),
+            fast_path_mode: Some("generic".into()),
+            sandboxes: vec![SandboxStatus {
+                name: "web1".into(),
+                key: AttachmentKey {
+                    container_id: "c1".into(),
+                    ifname: "eth0".into(),
+                },
+                host_if: "pi-1".into(),
+                dropped: Some(3),
+                fast_path: Some(FastPathCounters {
+                    fast_packets: 2,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let text = serde_json::to_string(&node).unwrap();
+        for want in [
+            r#""result":"node""#,
+            r#""fastPathMode":"generic""#,
+            r#""hostIf":"pi-1""#,
+            r#""containerId":"c1""#,
+            r#""fastPackets":2"#,
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
+        assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), node);
     }
 
     #[test]

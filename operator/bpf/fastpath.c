@@ -179,13 +179,14 @@ static __always_inline int redirect(struct xdp_md *ctx, struct counters *c, __u3
 	return action;
 }
 
-SEC("xdp")
-int xdp_uplink(struct xdp_md *ctx)
+// Both directions share one shape; `inbound` picks which addresses and port are checked,
+// which map says who owns the port, and where the frame goes.
+static __always_inline int steer(struct xdp_md *ctx, const int inbound)
 {
 	__u32 ifindex = ctx->ingress_ifindex;
-	struct endpoint *up = bpf_map_lookup_elem(&portiso_endpoints, &ifindex);
+	struct endpoint *me = bpf_map_lookup_elem(&portiso_endpoints, &ifindex);
 	struct counters *c = bpf_map_lookup_elem(&portiso_counters, &ifindex);
-	if (!up)
+	if (!me)
 		return XDP_PASS;
 	struct l4 p;
 	enum verdict v = parse(ctx, &p);
@@ -193,54 +194,41 @@ int xdp_uplink(struct xdp_md *ctx)
 		count_slow(c, v);
 		return XDP_PASS;
 	}
-	if (!mac_eq(p.eth->h_dest, up->mac) || p.ip->daddr != up->ip) {
+	// Inbound: to the shared MAC and address. Egress: the same checks as the egress flows,
+	// from the shared MAC and address.
+	const __u8 *mac = inbound ? p.eth->h_dest : p.eth->h_source;
+	__u32 ip = inbound ? p.ip->daddr : p.ip->saddr;
+	if (!mac_eq(mac, me->mac) || ip != me->ip) {
 		COUNT(c, slow_not_shared_address);
 		return XDP_PASS;
 	}
+	// Inbound: the destination port says which sandbox. Egress: the source port must be one
+	// the sandbox owns.
 	struct port_key key = {
 		.prefixlen = 32 + 8 + 16,
 		.ifindex = bpf_htonl(ifindex),
 		.proto = p.ip->protocol,
 	};
-	__builtin_memcpy(key.port, &p.dport, 2);
-	__u32 *sandbox = bpf_map_lookup_elem(&portiso_inbound, &key);
-	if (!sandbox) {
+	__u16 port = inbound ? p.dport : p.sport;
+	__builtin_memcpy(key.port, &port, 2);
+	__u32 *owner = bpf_map_lookup_elem(inbound ? (void *)&portiso_inbound : (void *)&portiso_egress, &key);
+	if (!owner) {
 		COUNT(c, slow_port_not_owned);
 		return XDP_PASS;
 	}
-	return redirect(ctx, c, *sandbox);
+	return redirect(ctx, c, inbound ? *owner : me->uplink_ifindex);
+}
+
+SEC("xdp")
+int xdp_uplink(struct xdp_md *ctx)
+{
+	return steer(ctx, 1);
 }
 
 SEC("xdp")
 int xdp_sandbox(struct xdp_md *ctx)
 {
-	__u32 ifindex = ctx->ingress_ifindex;
-	struct endpoint *sb = bpf_map_lookup_elem(&portiso_endpoints, &ifindex);
-	struct counters *c = bpf_map_lookup_elem(&portiso_counters, &ifindex);
-	if (!sb)
-		return XDP_PASS;
-	struct l4 p;
-	enum verdict v = parse(ctx, &p);
-	if (v != PARSED) {
-		count_slow(c, v);
-		return XDP_PASS;
-	}
-	// The same checks as the egress flows: the shared MAC and address, an owned source port.
-	if (!mac_eq(p.eth->h_source, sb->mac) || p.ip->saddr != sb->ip) {
-		COUNT(c, slow_not_shared_address);
-		return XDP_PASS;
-	}
-	struct port_key key = {
-		.prefixlen = 32 + 8 + 16,
-		.ifindex = bpf_htonl(ifindex),
-		.proto = p.ip->protocol,
-	};
-	__builtin_memcpy(key.port, &p.sport, 2);
-	if (!bpf_map_lookup_elem(&portiso_egress, &key)) {
-		COUNT(c, slow_port_not_owned);
-		return XDP_PASS;
-	}
-	return redirect(ctx, c, sb->uplink_ifindex);
+	return steer(ctx, 0);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

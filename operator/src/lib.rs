@@ -8,6 +8,7 @@
 //! - `fastpath`: the eBPF/XDP fast path beside OVS, fed from the same state as the flows;
 //! - `link`: the only module that creates veths and configures sandbox namespaces;
 //! - `agent`: the node agent (socket server, state, reconcile);
+//! - `status`: `portiso status`, what the agent is doing, rendered for people;
 //! - `testbed` and `demo`: a throwaway node in network namespaces, for the demo and the tests.
 
 pub mod agent;
@@ -22,4 +23,5 @@ pub mod k8s;
 pub mod link;
 pub mod model;
 pub mod ovs;
+pub mod status;
 pub mod testbed;

@@ -152,15 +152,29 @@ pub fn mac_of(ifname: &str) -> std::io::Result<String> {
     )
 }
 
-/// Moves the uplink's address to the bridge's internal port, with the default route if it went
-/// through the uplink; brings both up. Idempotent.
-pub fn move_address(uplink: &str, bridge: &str, cidr: &str) -> Result<(), ExecError> {
-    let default_route = run("ip", &["-4", "route", "show", "default", "dev", uplink])?;
-    let gateway = default_route
+/// The gateway of the default route through `dev`, if there is one.
+pub fn default_gateway(dev: &str) -> Option<String> {
+    run("ip", &["-4", "route", "show", "default", "dev", dev])
+        .ok()?
         .split_whitespace()
         .skip_while(|w| *w != "via")
         .nth(1)
-        .map(str::to_string);
+        .map(str::to_string)
+}
+
+/// Puts the host's default route back on the bridge (after OVS re-created its internal port).
+pub fn restore_default_route(bridge: &str, gateway: &str) -> Result<(), ExecError> {
+    run(
+        "ip",
+        &["route", "replace", "default", "via", gateway, "dev", bridge],
+    )
+    .map(|_| ())
+}
+
+/// Moves the uplink's address to the bridge's internal port, with the default route if it went
+/// through the uplink; brings both up. Idempotent.
+pub fn move_address(uplink: &str, bridge: &str, cidr: &str) -> Result<(), ExecError> {
+    let gateway = default_gateway(uplink);
     let on_uplink = run("ip", &["-4", "-o", "addr", "show", "dev", uplink])?;
     if on_uplink.split_whitespace().any(|w| w == cidr) {
         run("ip", &["addr", "del", cidr, "dev", uplink])?;
@@ -169,10 +183,7 @@ pub fn move_address(uplink: &str, bridge: &str, cidr: &str) -> Result<(), ExecEr
     run("ip", &["link", "set", uplink, "up"])?;
     run("ip", &["link", "set", bridge, "up"])?;
     if let Some(gw) = gateway {
-        run(
-            "ip",
-            &["route", "replace", "default", "via", &gw, "dev", bridge],
-        )?;
+        restore_default_route(bridge, &gw)?;
     }
     Ok(())
 }

@@ -32,6 +32,9 @@ enum Command {
         #[arg(long, env = "NODE_NAME", required_if_eq("kubernetes", "true"))]
         node_name: Option<String>,
     },
+    /// Ask the running agent what it is doing: datapath, fast path, uplinks, sandboxes with
+    /// their ports and drop counters, refused PortRanges.
+    Status(portiso::status::StatusArgs),
     /// Build a throwaway node in network namespaces, attach two sandboxes through the real
     /// agent and CNI plugin, send real traffic and show where it landed.
     Demo,
@@ -85,6 +88,7 @@ fn main() -> anyhow::Result<()> {
                 portiso::agent::Agent::start(config, Box::new(portiso::ovs::OvsCli), sources)?;
             rt.block_on(portiso::agent::serve(agent))
         }
+        Command::Status(args) => portiso::status::run(args),
         Command::Demo => portiso::demo::run(),
         Command::Bench(args) => portiso::bench::run(args),
         Command::Operator(args) => {

@@ -6,13 +6,13 @@
 mod common;
 
 use common::dataplane::{
-    attach_web, check_arp, check_echo, check_egress, check_steering, web_ranges,
+    attach_web, check_arp, check_echo, check_egress, check_steering, send_udp, web_ranges,
 };
 use common::testbed_with;
 use portiso::fastpath::kernel::pinned_counters;
-use portiso::testbed::netns::{count_frames, frame, run_in};
+use portiso::testbed::netns::{count_frames, frame};
 use portiso::testbed::Testbed;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 fn web_testbed(tag: &str, datapath: &str) -> Testbed {
@@ -31,19 +31,6 @@ fn fast_packets(tb: &Testbed) -> u64 {
         .values()
         .map(|c| c.fast_packets)
         .sum()
-}
-
-/// Sends `n` UDP datagrams from `ns` (from `from_port`) to `to`, paced so that no queue
-/// overflows, and returns once they are sent.
-fn send_udp(ns: &str, to: SocketAddr, from_port: u16, n: usize) {
-    run_in(ns, move || {
-        let s = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], from_port))).unwrap();
-        for i in 0..n {
-            s.send_to(format!("datagram {i}").as_bytes(), to).unwrap();
-            std::thread::sleep(Duration::from_micros(500));
-        }
-    })
-    .unwrap();
 }
 
 /// How many frames to the sandbox ports (10000-19999) arrive in each namespace while `send`

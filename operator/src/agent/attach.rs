@@ -20,6 +20,7 @@ impl Agent {
             Request::Del(r) => self.del(&r).map(|_| Response::Done),
             Request::Status { uplink } => self.known_uplink(&uplink).map(|_| Response::Done),
             Request::Gc { uplink, valid } => self.gc(&uplink, &valid).map(|_| Response::Done),
+            Request::Describe => Ok(Response::Node(self.describe())),
         };
         result.unwrap_or_else(Response::Error)
     }

@@ -13,8 +13,10 @@ mod ranges;
 mod server;
 pub mod sources;
 pub mod state;
+mod status;
 
 pub use server::serve;
+pub use status::EGRESS_NOT_ALLOWED;
 
 use crate::config::{AgentConfig, DatapathChoice, PortTypeChoice, UplinkConfig};
 use crate::fastpath::{self, FastPath};
@@ -35,6 +37,8 @@ pub struct UplinkRuntime {
     pub mac: String,
     /// The uplink NIC's interface index (the fast path's key for it).
     pub ifindex: u32,
+    /// The host's default route through the bridge, to put back if OVS re-creates the bridge.
+    pub host_gateway: Option<String>,
 }
 
 pub struct Agent {
@@ -161,11 +165,13 @@ impl Agent {
             link::move_address(&u.name, &u.bridge, &u.cidr()).map_err(|e| fail(e.to_string()))?;
             tracing::info!(uplink = %u.name, bridge = %u.bridge, address = %u.cidr(), %mac, "uplink bridge ready");
             let ifindex = fastpath::ifindex(&u.name).unwrap_or(0);
+            let host_gateway = link::default_gateway(&u.bridge);
             uplinks.push(UplinkRuntime {
                 config: u,
                 uplink_ofport,
                 mac,
                 ifindex,
+                host_gateway,
             });
         }
         let mut agent = Agent {
@@ -268,6 +274,41 @@ impl Agent {
             }
         }
         changed
+    }
+
+    /// Brings OVS back in line when OVS itself changed under the agent: a restarted
+    /// ovs-vswitchd comes back with the ports of its database but no flows, possibly other
+    /// port numbers, and a new internal bridge port without the shared address. When nothing
+    /// changed this costs one port listing and one flow dump per bridge and writes nothing.
+    pub fn resync(&mut self) -> Result<(), ovs::OvsError> {
+        for i in 0..self.uplinks.len() {
+            let (name, bridge) = (
+                self.uplinks[i].config.name.clone(),
+                self.uplinks[i].config.bridge.clone(),
+            );
+            let ofport = ovsdb::port_ofport(self.ovs.as_ref(), &name)?;
+            if ofport != self.uplinks[i].uplink_ofport {
+                tracing::warn!(uplink = %name, old = self.uplinks[i].uplink_ofport, new = ofport, "uplink's OVS port number changed (OVS restarted?)");
+                self.uplinks[i].uplink_ofport = ofport;
+            }
+            for p in ovsdb::list_sandbox_ports(self.ovs.as_ref(), &bridge)? {
+                for a in self.attachments.iter_mut().filter(|a| a.host_if == p.name) {
+                    if a.ofport != p.ofport {
+                        tracing::warn!(sandbox = %a.sandbox(), old = a.ofport, new = p.ofport, "sandbox's OVS port number changed (OVS restarted?)");
+                        a.ofport = p.ofport;
+                    }
+                }
+            }
+            if link::ipv4_cidr(&bridge).is_none() {
+                let u = &self.uplinks[i];
+                tracing::warn!(%bridge, address = %u.config.cidr(), "bridge lost the shared address (OVS re-created it): restored");
+                link::move_address(&name, &bridge, &u.config.cidr())?;
+                if let Some(gw) = &u.host_gateway {
+                    link::restore_default_route(&bridge, gw)?;
+                }
+            }
+        }
+        self.reconcile_all()
     }
 
     /// After a refresh: flows first (the sandbox's new ports must be reachable before its
@@ -400,7 +441,7 @@ mod tests {
     use crate::ovs::fake::FakeOvs;
     use std::sync::Arc;
 
-    fn agent(ovs: Arc<FakeOvs>) -> Agent {
+    pub(super) fn agent(ovs: Arc<FakeOvs>) -> Agent {
         let config = AgentConfig::parse(
             "uplinks: [{name: eth1, address: 198.51.100.1/24}]\nreservedHostPorts: [\"0-9999\"]",
             "test",
@@ -417,6 +458,7 @@ mod tests {
                 uplink_ofport: 1,
                 mac: "02:00:00:00:00:01".into(),
                 ifindex: 0,
+                host_gateway: None,
             }],
             config,
             ovs: Box::new(ovs),

@@ -8,8 +8,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-/// How often rangesDir is checked for changes.
-const RANGES_POLL: Duration = Duration::from_secs(1);
+/// How often rangesDir is checked for changes, and OVS for having lost flows, ports or the
+/// bridge address (a restarted ovs-vswitchd): the worst-case outage of such a restart.
+const RANGES_POLL: Duration = Duration::from_millis(500);
 
 /// Serves the socket until the process is stopped.
 pub async fn serve(agent: Agent) -> anyhow::Result<()> {
@@ -104,12 +105,13 @@ async fn poll_ranges(agent: Arc<Mutex<Agent>>) {
             if a.refresh() {
                 a.apply_refresh()
             } else {
-                Ok(())
+                // Nothing changed on our side: make sure nothing changed on OVS's either.
+                a.resync()
             }
         })
         .await;
         if let Ok(Err(e)) = result {
-            tracing::error!(error = %e, "could not update flows after a PortRange change");
+            tracing::error!(error = %e, "could not bring OVS in line (retried every second)");
         }
     }
 }

@@ -145,6 +145,11 @@ impl FastPath {
         self.off = true;
     }
 
+    /// Whether the programs still run (false once a failure turned them off).
+    pub fn is_on(&self) -> bool {
+        !self.off
+    }
+
     pub fn counters(&mut self) -> anyhow::Result<BTreeMap<u32, Counters>> {
         self.kernel.counters()
     }

@@ -1,6 +1,6 @@
 //! `OvsExec` by running the real tools.
 
-use super::{parse_cookies, OvsError, OvsExec};
+use super::{parse_cookies, parse_flow_stats, OvsError, OvsExec};
 use crate::exec::{run, run_with_stdin};
 use crate::flows::FlowDiff;
 
@@ -17,6 +17,13 @@ impl OvsExec for OvsCli {
 
     fn installed_cookies(&self, bridge: &str) -> Result<Vec<u64>, OvsError> {
         Ok(parse_cookies(&run(
+            "ovs-ofctl",
+            &["-O", "OpenFlow14", "dump-flows", bridge],
+        )?))
+    }
+
+    fn flow_stats(&self, bridge: &str) -> Result<Vec<(u64, u64)>, OvsError> {
+        Ok(parse_flow_stats(&run(
             "ovs-ofctl",
             &["-O", "OpenFlow14", "dump-flows", bridge],
         )?))

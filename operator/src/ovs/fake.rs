@@ -15,6 +15,8 @@ pub struct FakeOvs {
     /// Installed cookies per bridge, kept in line with applied diffs.
     pub cookies: Mutex<BTreeMap<String, Vec<u64>>>,
     pub applied: Mutex<Vec<(String, FlowDiff)>>,
+    /// Packets each flow (by cookie) has matched, as `flow_stats` reports them; 0 if absent.
+    pub packets: Mutex<BTreeMap<u64, u64>>,
 }
 
 impl OvsExec for FakeOvs {
@@ -30,6 +32,15 @@ impl OvsExec for FakeOvs {
     fn installed_cookies(&self, bridge: &str) -> Result<Vec<u64>, OvsError> {
         let cookies = self.cookies.lock().expect("lock");
         Ok(cookies.get(bridge).cloned().unwrap_or_default())
+    }
+
+    fn flow_stats(&self, bridge: &str) -> Result<Vec<(u64, u64)>, OvsError> {
+        let packets = self.packets.lock().expect("lock");
+        Ok(self
+            .installed_cookies(bridge)?
+            .into_iter()
+            .map(|c| (c, packets.get(&c).copied().unwrap_or(0)))
+            .collect())
     }
 
     fn apply(&self, bridge: &str, diff: &FlowDiff) -> Result<(), OvsError> {

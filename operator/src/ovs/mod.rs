@@ -25,6 +25,8 @@ pub trait OvsExec: Send {
     fn installed_cookies(&self, bridge: &str) -> Result<Vec<u64>, OvsError>;
     /// Applies the diff as one atomic OpenFlow bundle.
     fn apply(&self, bridge: &str, diff: &FlowDiff) -> Result<(), OvsError>;
+    /// Every flow on the bridge as (cookie, packets it matched), for `portiso status`.
+    fn flow_stats(&self, bridge: &str) -> Result<Vec<(u64, u64)>, OvsError>;
 }
 
 /// Shared handles work too (tests keep one to inspect what the agent did).
@@ -37,6 +39,9 @@ impl<T: OvsExec + Sync> OvsExec for std::sync::Arc<T> {
     }
     fn apply(&self, bridge: &str, diff: &FlowDiff) -> Result<(), OvsError> {
         (**self).apply(bridge, diff)
+    }
+    fn flow_stats(&self, bridge: &str) -> Result<Vec<(u64, u64)>, OvsError> {
+        (**self).flow_stats(bridge)
     }
 }
 
@@ -51,8 +56,31 @@ pub fn parse_cookies(dump: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Extracts (cookie, n_packets) of every flow from `ovs-ofctl dump-flows` output.
+pub fn parse_flow_stats(dump: &str) -> Vec<(u64, u64)> {
+    dump.lines()
+        .filter_map(|l| {
+            let rest = l.trim_start().strip_prefix("cookie=0x")?;
+            let hex: String = rest.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+            let cookie = u64::from_str_radix(&hex, 16).ok()?;
+            let packets = l
+                .split(", ")
+                .find_map(|f| f.trim().strip_prefix("n_packets="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            Some((cookie, packets))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parses_packet_counts_from_a_dump() {
+        let dump = "NXST_FLOW reply (xid=0x4):\n cookie=0x7012, duration=1.5s, table=20, n_packets=7, n_bytes=420, priority=10,in_port=2 actions=drop\n cookie=0x0, duration=2s, table=0, n_packets=0, n_bytes=0, actions=LOCAL\n";
+        assert_eq!(super::parse_flow_stats(dump), vec![(0x7012, 7), (0, 0)]);
+    }
+
     #[test]
     fn parses_cookies_from_a_dump() {
         let dump = "NXST_FLOW reply (xid=0x4):\n cookie=0x7012, duration=1s, table=0, priority=0 actions=drop\n cookie=0x0, table=0 actions=LOCAL\n";

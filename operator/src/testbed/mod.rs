@@ -288,6 +288,13 @@ impl Testbed {
     }
 
     /// Kills the agent (SIGKILL): its flows and ports stay in OVS.
+    /// Stops one OVS daemon of the node (`ovs-vswitchd` or `ovsdb-server`) and starts it
+    /// again, as a crash and its supervisor would.
+    pub fn restart_ovs_daemon(&self, name: &str) -> anyhow::Result<()> {
+        ovs::stop(&self.dir, &[name]);
+        ovs::start_daemon(&self.node, &self.dir, name)
+    }
+
     pub fn kill_agent(&mut self) {
         if let Some(mut c) = self.agent.take() {
             let _ = c.kill();

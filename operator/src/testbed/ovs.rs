@@ -28,37 +28,39 @@ pub fn cmd(ns: &str, dir: &Path, program: &str, args: &[&str]) -> Result<String,
 /// Creates the database in `dir` (which must exist) and starts both daemons in `ns`.
 pub fn start(ns: &str, dir: &Path) -> anyhow::Result<()> {
     let d = dir.display().to_string();
-    let db = format!("{d}/conf.db");
     run(
         "ovsdb-tool",
-        &["create", &db, "/usr/share/openvswitch/vswitch.ovsschema"],
-    )?;
-    cmd(
-        ns,
-        dir,
-        "ovsdb-server",
         &[
-            &db,
-            &format!("--remote=punix:{d}/db.sock"),
-            &format!("--pidfile={d}/ovsdb-server.pid"),
-            &format!("--unixctl={d}/ovsdb-server.ctl"),
-            &format!("--log-file={d}/ovsdb-server.log"),
-            "--detach",
+            "create",
+            &format!("{d}/conf.db"),
+            "/usr/share/openvswitch/vswitch.ovsschema",
         ],
     )?;
+    start_daemon(ns, dir, "ovsdb-server")?;
     cmd(ns, dir, "ovs-vsctl", &["--no-wait", "init"])?;
-    cmd(
-        ns,
-        dir,
-        "ovs-vswitchd",
-        &[
-            &format!("unix:{d}/db.sock"),
-            &format!("--pidfile={d}/ovs-vswitchd.pid"),
-            &format!("--unixctl={d}/ovs-vswitchd.ctl"),
-            &format!("--log-file={d}/ovs-vswitchd.log"),
-            "--detach",
-        ],
-    )?;
+    start_daemon(ns, dir, "ovs-vswitchd")
+}
+
+/// Starts one of [`DAEMONS`] on the database in `dir` (also to restart it after [`stop`]).
+pub fn start_daemon(ns: &str, dir: &Path, name: &str) -> anyhow::Result<()> {
+    let d = dir.display().to_string();
+    let target = match name {
+        "ovsdb-server" => format!("{d}/conf.db"),
+        "ovs-vswitchd" => format!("unix:{d}/db.sock"),
+        other => anyhow::bail!("{other} is not an OVS daemon"),
+    };
+    let mut args = vec![target];
+    if name == "ovsdb-server" {
+        args.push(format!("--remote=punix:{d}/db.sock"));
+    }
+    args.extend([
+        format!("--pidfile={d}/{name}.pid"),
+        format!("--unixctl={d}/{name}.ctl"),
+        format!("--log-file={d}/{name}.log"),
+        "--detach".to_string(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    cmd(ns, dir, name, &args)?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 use super::{portrange, testbed};
 use portiso::testbed::netns::{count_frames, frame, run_in, tcp_send, udp_send, Listener};
 use portiso::testbed::Testbed;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 pub const LISTEN: Duration = Duration::from_secs(2);
@@ -293,4 +293,17 @@ pub fn check_egress(tb: &Testbed) {
         drops >= 4,
         "web1's drops are counted on its own drop flow: {drops}\n{flows}"
     );
+}
+
+/// Sends `n` UDP datagrams from `ns` (from `from_port`) to `to`, paced so that no queue
+/// overflows, and returns once they are sent.
+pub fn send_udp(ns: &str, to: SocketAddr, from_port: u16, n: usize) {
+    run_in(ns, move || {
+        let s = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], from_port))).unwrap();
+        for i in 0..n {
+            s.send_to(format!("datagram {i}").as_bytes(), to).unwrap();
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    })
+    .unwrap();
 }

@@ -1,0 +1,126 @@
+//! The node's own parts failing under it, with real packets: ovs-vswitchd and ovsdb-server
+//! restarted while sandboxes are attached. Needs root and Open vSwitch.
+
+mod common;
+
+use common::dataplane::{attach_web, check_steering, send_udp, web_ranges};
+use common::testbed_with;
+use portiso::testbed::netns::{count_frames, frame};
+use portiso::testbed::Testbed;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const OVS_ALONE: &str = "{fastPath: off, userspacePorts: system}";
+
+/// The flows without their counters and ages: what must be equal after a restart.
+fn canonical_flows(tb: &Testbed) -> Vec<String> {
+    let dump = tb.dump_flows("br-up1").unwrap_or_default();
+    let mut flows: Vec<String> = dump
+        .lines()
+        .filter(|l| l.contains("cookie="))
+        .map(|l| {
+            l.split(", ")
+                .filter(|f| {
+                    ![
+                        "duration=",
+                        "n_packets=",
+                        "n_bytes=",
+                        "idle_age=",
+                        "hard_age=",
+                    ]
+                    .iter()
+                    .any(|p| f.trim_start().starts_with(p))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect();
+    flows.sort();
+    flows
+}
+
+fn bridge_has_the_shared_address(tb: &Testbed) -> bool {
+    tb.node_cmd("ip", &["-4", "-o", "addr", "show", "dev", "br-up1"])
+        .is_ok_and(|a| a.contains("198.51.100.1/24"))
+}
+
+/// Waits (bounded) until the flows equal `want` and the bridge has its address again;
+/// returns how long that took.
+fn wait_restored(tb: &Testbed, want: &[String], since: Instant) -> Duration {
+    for _ in 0..200 {
+        if canonical_flows(tb) == want && bridge_has_the_shared_address(tb) {
+            return since.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "not restored after {:?}: flows now\n{}\nagent log:\n{}",
+        since.elapsed(),
+        canonical_flows(tb).join("\n"),
+        tb.agent_log()
+    );
+}
+
+#[test]
+fn a_restarted_ovs_vswitchd_gets_its_flows_and_address_back() {
+    let mut tb = testbed_with("rlvsw", &web_ranges(), Some(OVS_ALONE), |_| {});
+    attach_web(&mut tb);
+    let before = canonical_flows(&tb);
+    assert!(before.len() > 20, "{before:?}");
+    tb.restart_ovs_daemon("ovs-vswitchd").unwrap();
+    // ovs-vswitchd --detach returns once it runs: from here the bridge has no flows.
+    let outage = wait_restored(&tb, &before, Instant::now());
+    eprintln!("ovs-vswitchd restarted: its flows were back {outage:?} after it came up");
+    assert!(outage < Duration::from_secs(10), "{outage:?}");
+    check_steering(&tb);
+
+    // An internal port re-created by OVS comes without the shared address: put back too.
+    tb.node_cmd("ip", &["addr", "flush", "dev", "br-up1"])
+        .unwrap();
+    let gone = Instant::now();
+    let outage = wait_restored(&tb, &before, gone);
+    eprintln!("the bridge's address was back {outage:?} after it was removed");
+    assert!(tb.agent_log().contains("lost the shared address"));
+    check_steering(&tb);
+}
+
+#[test]
+fn a_restarted_ovsdb_server_changes_nothing_and_attaching_works_after() {
+    let mut tb = testbed_with("rldb", &web_ranges(), Some(OVS_ALONE), |_| {});
+    tb.attach("web1", "up1").unwrap();
+    let before = canonical_flows(&tb);
+    tb.restart_ovs_daemon("ovsdb-server").unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(canonical_flows(&tb), before, "flows live in ovs-vswitchd");
+    tb.attach("web2", "up1").unwrap();
+    check_steering(&tb);
+}
+
+#[test]
+fn with_the_fast_path_traffic_by_port_keeps_flowing_while_ovs_vswitchd_restarts() {
+    let mut tb = testbed_with("rlfast", &web_ranges(), Some("{fastPath: on}"), |_| {});
+    attach_web(&mut tb);
+    let before = canonical_flows(&tb);
+    let n = 2000;
+    let web1 = count_frames(
+        &tb.sandbox_ns("web1"),
+        Duration::from_secs(8),
+        frame::to_sandbox_ports,
+    )
+    .unwrap();
+    let sender = {
+        let out = tb.outside.clone();
+        let to = SocketAddr::from(([198, 51, 100, 1], 10010));
+        std::thread::spawn(move || send_udp(&out, to, 4000, n))
+    };
+    let t0 = Instant::now();
+    tb.restart_ovs_daemon("ovs-vswitchd").unwrap();
+    sender.join().unwrap();
+    assert_eq!(
+        web1.join().unwrap().unwrap(),
+        n,
+        "datagrams while OVS restarted"
+    );
+    wait_restored(&tb, &before, t0);
+    check_steering(&tb);
+}
