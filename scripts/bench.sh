@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the full `portiso bench` (release build, as root) and the criterion control-plane
-# benches, and writes their results into docs/performance.md between the generated markers.
+# benches, and writes their results into docs/performance.md between the generated markers,
+# and the plot to docs/bench.svg.
 # Usage: bash scripts/bench.sh [extra portiso bench arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,7 @@ cargo build --release --workspace
 out=target/bench
 mkdir -p "$out"
 ./target/release/portiso bench --json "$out/bench.json" "$@" | tee "$out/table.md"
+cp "$out/bench.svg" docs/bench.svg
 cargo bench -p portiso --bench control_plane 2>/dev/null |
   awk '/^[a-zA-Z:_]+\/[^ ]*$/ {name=$1} /^[a-zA-Z:_]+\/[^ ]* +time:/ {name=$1}
        /time:/ {sub(/.*time: +/, ""); print "| " name " | " $0 " |"}' >"$out/criterion.md"
@@ -26,4 +28,4 @@ put() {
 }
 put bench "$out/table.md"
 put criterion "$out/criterion-table.md"
-echo "updated docs/performance.md"
+echo "updated docs/performance.md and docs/bench.svg"

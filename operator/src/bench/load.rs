@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// Size of a request and of a response of the connection-rate and UDP protocols.
 pub const MSG: usize = 64;
 /// How long a server blocks before it looks at the stop flag.
-const POLL: Duration = Duration::from_millis(200);
+const POLL: Duration = Duration::from_millis(500);
 
 /// The servers of every sandbox; stopped (and joined) on drop.
 pub struct Servers {
@@ -305,20 +305,19 @@ pub fn udp_rate(
     })?
 }
 
-/// TCP throughput peer→sandbox in Gbit/s: `streams` parallel connections, stream `j` to target
-/// `j·N/streams`, each sending for `dur`; counted by the receivers.
+/// TCP throughput in Gbit/s of parallel streams, stream `(ns, to)` connecting from namespace
+/// `ns` to `to` and sending for `dur`; counted by the receivers.
 pub fn throughput(
-    peer_ns: &str,
-    targets: &[SocketAddr],
-    streams: usize,
+    streams: &[(String, SocketAddr)],
     dur: Duration,
     interrupted: &'static AtomicBool,
 ) -> anyhow::Result<f64> {
-    let streams = streams.max(1);
-    let handles: Vec<_> = (0..streams)
-        .map(|j| {
-            let to = targets[j * targets.len() / streams];
-            spawn_in(peer_ns, move || -> std::io::Result<(u64, Duration)> {
+    anyhow::ensure!(!streams.is_empty(), "no throughput streams");
+    let handles: Vec<_> = streams
+        .iter()
+        .map(|(ns, to)| {
+            let to = *to;
+            spawn_in(ns, move || -> std::io::Result<(u64, Duration)> {
                 let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
                 s.set_read_timeout(Some(Duration::from_secs(10)))?;
                 s.set_write_timeout(Some(Duration::from_secs(10)))?;

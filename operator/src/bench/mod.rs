@@ -1,12 +1,18 @@
-//! `portiso bench`: portiso against the raw link, a plain OVS switch and Linux bridge + iptables
-//! DNAT (the CNI portmap way), side by side in one run on this machine.
+//! `portiso bench`: portiso against the raw link, a plain OVS switch, Linux bridge + iptables
+//! DNAT (the CNI portmap way) and conntrack NAT on the same OVS, side by side in one run on
+//! this machine; and portiso's attach time against the CNI `bridge` plugin.
 //!
 //! Each system is built in namespaces of its own (see [`systems`]), measured with the same
 //! generators (see [`load`]) and removed before the next one is built, so that they never
-//! compete for the CPU. Every figure is also shown as a ratio to baselines of the same run.
-//! Ctrl-C stops the measurement and still removes everything (the builders' drop guards).
+//! compete for the CPU. Every figure is also shown as a ratio to baselines of the same run
+//! ([`report`]), and throughput and connection rate are plotted against the number of
+//! sandboxes ([`plot`]). Ctrl-C stops the measurement and still removes everything (the
+//! builders' drop guards).
 
+pub mod attach;
 pub mod load;
+pub mod plot;
+pub mod report;
 pub mod synthetic;
 pub mod systems;
 
@@ -15,7 +21,7 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use systems::System;
+use systems::{FlowUpdate, Plan, System};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -25,7 +31,8 @@ pub struct BenchArgs {
     /// Where to write the results as JSON.
     #[arg(long, default_value = "target/bench.json")]
     pub json: PathBuf,
-    /// Numbers of sandboxes to measure with, comma-separated (default 1,100; --quick: 1).
+    /// Numbers of sandboxes to measure with, comma-separated (default 1,100,1000; --quick: 1).
+    /// Systems that need an address per sandbox are built with at most 240 (see the notes).
     #[arg(long, value_delimiter = ',')]
     pub sandboxes: Option<Vec<usize>>,
     /// Seconds per measurement (default 3; --quick: 0.5).
@@ -41,6 +48,9 @@ pub struct BenchArgs {
     /// veth, Linux DNAT); by default only where OVS's userspace datapath needs it.
     #[arg(long)]
     pub offloads_off_everywhere: bool,
+    /// Leave out the CNI bridge/portmap plugin attach measurement.
+    #[arg(long)]
+    pub no_cni_plugins: bool,
 }
 
 /// Set by SIGINT/SIGTERM: measurements end early and the run unwinds through the guards.
@@ -75,28 +85,60 @@ fn check_interrupted() -> anyhow::Result<()> {
 #[derive(Debug, Clone, Serialize)]
 pub struct Measurement {
     pub system: System,
+    /// The number of sandboxes asked for (the row's count).
     pub sandboxes: usize,
+    /// What was built for it: sandboxes and port ranges (NAT rule sets).
+    pub plan: Plan,
+    /// How the build differs from the count asked for, e.g. "measured at 240, 1000 rule sets".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// TCP throughput peer→sandbox.
     pub tcp_throughput_gbps: f64,
+    /// TCP throughput sandbox→peer.
+    pub tcp_throughput_out_gbps: f64,
     pub tcp_connections: Rate,
     pub udp_request_response: Rate,
     pub setup_seconds: f64,
+    /// CNI ADD while building (portiso; two at a time, see `systems::portiso`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attach_ms_p50: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attach_ms_max: Option<f64>,
+    /// CNI ADD of one more sandbox with all of them present, one at a time.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub next_attach_ms: Vec<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attach_ms_p50: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow_update: Option<FlowUpdate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_rss_mib: Option<f64>,
+    /// The `datapath:` value the agent ran with (portiso rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_datapath: Option<String>,
 }
 
 impl Measurement {
     /// The rates compared across systems, by name.
-    fn metrics(&self) -> [(&'static str, f64); 3] {
+    pub fn metrics(&self) -> [(&'static str, f64); 4] {
         [
             ("tcp_throughput_gbps", self.tcp_throughput_gbps),
+            ("tcp_throughput_out_gbps", self.tcp_throughput_out_gbps),
             ("tcp_connections_per_s", self.tcp_connections.per_second),
             ("udp_rr_per_s", self.udp_request_response.per_second),
         ]
     }
+}
+
+/// portiso's CNI ADD against the bridge plugin's, each for the next sandbox with many present.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttachComparison {
+    pub bridge_plugin: attach::BridgePlugin,
+    /// Sandboxes present at portiso's measured ADDs (its largest build).
+    pub portiso_present: usize,
+    pub portiso_next_add_ms_p50: f64,
+    /// portiso ÷ bridge plugin, of the medians.
+    pub ratio: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -145,12 +187,20 @@ pub struct Report {
     pub results: Vec<Measurement>,
     pub ratios: Vec<Ratio>,
     pub control_plane: ControlPlane,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attach: Option<AttachComparison>,
+    /// Why the attach comparison is missing, if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attach_error: Option<String>,
     pub targets: Vec<Target>,
+    /// The SVG plot written beside the JSON.
+    pub plot: PathBuf,
     pub total_seconds: f64,
 }
 
 fn progress(phase: &str, done: usize, total: usize) {
-    if total >= 10 && (done.is_multiple_of(10) || done == total) {
+    let step = if total > 200 { 100 } else { 10 };
+    if total >= 10 && (done.is_multiple_of(step) || done == total) {
         eprintln!("    {phase} {done}/{total}");
     }
 }
@@ -158,10 +208,11 @@ fn progress(phase: &str, done: usize, total: usize) {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     catch_signals();
     let started = Instant::now();
-    let counts = args
-        .sandboxes
-        .clone()
-        .unwrap_or(if args.quick { vec![1] } else { vec![1, 100] });
+    let counts = args.sandboxes.clone().unwrap_or(if args.quick {
+        vec![1]
+    } else {
+        vec![1, 100, 1000]
+    });
     let secs = args.seconds.unwrap_or(if args.quick { 0.5 } else { 3.0 });
     let dur = Duration::from_secs_f64(secs);
     let systems = args.systems.clone().unwrap_or(System::ALL.to_vec());
@@ -183,6 +234,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         offloads_off_everywhere: args.offloads_off_everywhere,
         portiso_bin: std::env::current_exe()?,
         progress,
+        interrupted: &INTERRUPTED,
     };
     let steps = counts.len() * systems.len();
     let mut results = Vec::new();
@@ -203,8 +255,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             )?;
             let m = measure(system, n, &built, dur, args.streams)?;
             eprintln!(
-                "    {:.2} Gbit/s, {:.0} conn/s (p50 {:.0} µs, p99 {:.0} µs), {:.0} UDP rr/s (p50 {:.0} µs); built in {:.1} s",
+                "    {:.2} Gbit/s in, {:.2} out, {:.0} conn/s (p50 {:.0} µs, p99 {:.0} µs), {:.0} UDP rr/s (p50 {:.0} µs); built in {:.1} s",
                 m.tcp_throughput_gbps,
+                m.tcp_throughput_out_gbps,
                 m.tcp_connections.per_second,
                 m.tcp_connections.p50_us,
                 m.tcp_connections.p99_us,
@@ -216,10 +269,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             results.push(m);
         }
     }
+    let (attach, attach_error) = if args.no_cni_plugins {
+        (None, Some("left out (--no-cni-plugins)".to_string()))
+    } else {
+        match compare_attach(&results, args.quick) {
+            Ok(a) => (a, None),
+            Err(e) => {
+                check_interrupted()?;
+                eprintln!("CNI bridge plugin not measured: {e:#}");
+                (None, Some(format!("{e:#}")))
+            }
+        }
+    };
     eprintln!("control plane: timing compile / overlap / arbitrate in-process ...");
     let control_plane = control_plane(if args.quick { 1 } else { 5 });
-    let ratios = ratios(&results, &counts);
-    let targets = targets(&results, &counts, &control_plane);
+    let ratios = report::ratios(&results, &counts);
+    let targets = report::targets(&results, &counts, &control_plane, attach.as_ref());
+    let plot = args.json.with_extension("svg");
     let report = Report {
         machine,
         quick: args.quick,
@@ -231,17 +297,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         results,
         ratios,
         control_plane,
+        attach,
+        attach_error,
         targets,
+        plot: plot.clone(),
         total_seconds: started.elapsed().as_secs_f64(),
     };
-    print!("{}", render(&report));
+    print!("{}", report::render(&report));
     if let Some(dir) = args.json.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)? + "\n")?;
+    std::fs::write(&plot, plot::svg(&report))?;
     eprintln!(
-        "results written to {} ({:.0} s in all)",
+        "results written to {} and {} ({:.0} s in all)",
         args.json.display(),
+        plot.display(),
         report.total_seconds
     );
     Ok(())
@@ -255,29 +326,87 @@ fn measure(
     streams: usize,
 ) -> anyhow::Result<Measurement> {
     let servers = load::Servers::start(&built.servers_at)?;
+    let peer_sink = load::Servers::start(&[(built.peer_ns.clone(), built.peer_at.port())])?;
     load::warm_up(&built.peer_ns, &built.targets, Duration::from_secs(10))?;
     check_interrupted()?;
     let peer = &built.peer_ns;
-    let tcp_throughput_gbps = load::throughput(peer, &built.targets, streams, dur, &INTERRUPTED)?;
+    // Stream j to (or from) range j·N/streams: spread over the sandboxes.
+    let streams = streams.max(1);
+    let picks: Vec<usize> = (0..streams)
+        .map(|j| j * built.targets.len() / streams)
+        .collect();
+    let inbound: Vec<_> = picks
+        .iter()
+        .map(|&k| (peer.clone(), built.targets[k]))
+        .collect();
+    let tcp_throughput_gbps = load::throughput(&inbound, dur, &INTERRUPTED)?;
+    check_interrupted()?;
+    let outbound: Vec<_> = picks
+        .iter()
+        .map(|&k| (built.servers_at[k].0.clone(), built.peer_at))
+        .collect();
+    let tcp_throughput_out_gbps = load::throughput(&outbound, dur, &INTERRUPTED)?;
     check_interrupted()?;
     let tcp_connections = load::connection_rate(peer, &built.targets, dur, &INTERRUPTED)?;
     check_interrupted()?;
     let udp_request_response = load::udp_rate(peer, &built.targets, dur, &INTERRUPTED)?;
     check_interrupted()?;
     drop(servers);
+    drop(peer_sink);
     let mut attach = built.attach_ms.clone();
     attach.sort_by(f64::total_cmp);
     Ok(Measurement {
         system,
         sandboxes: n,
+        plan: built.plan,
+        note: built.plan.note(),
         tcp_throughput_gbps,
+        tcp_throughput_out_gbps,
         tcp_connections,
         udp_request_response,
         setup_seconds: built.setup.as_secs_f64(),
         attach_ms_p50: attach.get(attach.len() / 2).copied(),
         attach_ms_max: attach.last().copied(),
+        next_attach_ms_p50: (!built.next_attach_ms.is_empty())
+            .then(|| attach::median(&built.next_attach_ms)),
+        next_attach_ms: built.next_attach_ms.clone(),
+        flow_update: built.flow_update,
         agent_rss_mib: built.agent_rss_kib.map(|k| k as f64 / 1024.0),
+        agent_datapath: built.agent_datapath.clone(),
     })
+}
+
+/// The bridge plugin's ADD with its /24 full (or as many present as portiso's largest build,
+/// if fewer), next to portiso's ADD with its largest build present. `None` without a portiso
+/// row.
+fn compare_attach(
+    results: &[Measurement],
+    quick: bool,
+) -> anyhow::Result<Option<AttachComparison>> {
+    let Some(p) = results
+        .iter()
+        .filter(|m| m.system == System::Portiso && m.next_attach_ms_p50.is_some())
+        .max_by_key(|m| m.plan.sandboxes)
+    else {
+        return Ok(None);
+    };
+    let present = p.plan.sandboxes.min(attach::BRIDGE_MAX_PRESENT);
+    eprintln!(
+        "CNI bridge plugin: ADD of the next sandbox with {present} present{} ...",
+        if quick {
+            ""
+        } else {
+            ", and portmap with 100 ports"
+        }
+    );
+    let bridge = attach::bridge_plugin(present, !quick, progress, &INTERRUPTED)?;
+    let portiso = p.next_attach_ms_p50.unwrap_or_default();
+    Ok(Some(AttachComparison {
+        ratio: portiso / bridge.next_add_ms_p50,
+        portiso_present: p.plan.sandboxes,
+        portiso_next_add_ms_p50: portiso,
+        bridge_plugin: bridge,
+    }))
 }
 
 fn machine() -> Machine {
@@ -337,235 +466,4 @@ pub fn control_plane(runs: usize) -> ControlPlane {
             std::hint::black_box(crate::model::arbitrate(&ranges, &uplinks, &[]));
         }),
     }
-}
-
-fn find(results: &[Measurement], system: System, n: usize) -> Option<&Measurement> {
-    results
-        .iter()
-        .find(|m| m.system == system && m.sandboxes == n)
-}
-
-/// portiso ÷ plain OVS, portiso ÷ Linux DNAT, and every system ÷ raw veth, per metric and count.
-fn ratios(results: &[Measurement], counts: &[usize]) -> Vec<Ratio> {
-    let mut out = Vec::new();
-    for &n in counts {
-        let mut pairs = vec![
-            (System::Portiso, System::PlainOvs),
-            (System::Portiso, System::LinuxNat),
-        ];
-        pairs.extend(System::ALL.iter().skip(1).map(|&s| (s, System::RawVeth)));
-        for (a, b) in pairs {
-            let (Some(ma), Some(mb)) = (find(results, a, n), find(results, b, n)) else {
-                continue;
-            };
-            for ((metric, va), (_, vb)) in ma.metrics().into_iter().zip(mb.metrics()) {
-                out.push(Ratio {
-                    sandboxes: n,
-                    what: format!("{} / {}", a.key(), b.key()),
-                    metric: metric.into(),
-                    ratio: if vb > 0.0 { va / vb } else { 0.0 },
-                });
-            }
-        }
-    }
-    out
-}
-
-fn verdict(ok: bool) -> String {
-    if ok { "met" } else { "not met" }.into()
-}
-
-fn not_measured(target: &str, why: &str) -> Target {
-    Target {
-        target: target.into(),
-        status: "not measured".into(),
-        detail: why.into(),
-    }
-}
-
-/// The issue's targets, reported (never asserted).
-fn targets(results: &[Measurement], counts: &[usize], cp: &ControlPlane) -> Vec<Target> {
-    let mut t = Vec::new();
-    let max_n = counts.iter().copied().max().unwrap_or(1);
-    let min_n = counts.iter().copied().min().unwrap_or(1);
-    for &n in counts {
-        let name = format!("portiso >= 0.95x plain OVS TCP throughput ({n} sandboxes)");
-        match (
-            find(results, System::Portiso, n),
-            find(results, System::PlainOvs, n),
-        ) {
-            (Some(p), Some(o)) => {
-                let r = p.tcp_throughput_gbps / o.tcp_throughput_gbps;
-                t.push(Target {
-                    target: name,
-                    status: verdict(r >= 0.95),
-                    detail: format!(
-                        "{:.2} / {:.2} Gbit/s = {r:.2}x",
-                        p.tcp_throughput_gbps, o.tcp_throughput_gbps
-                    ),
-                });
-            }
-            _ => t.push(not_measured(&name, "portiso or plain OVS not in this run")),
-        }
-    }
-    let name = format!("connection rate >= 3x Linux DNAT at 1000 sandboxes (measured at {max_n})");
-    match (
-        find(results, System::Portiso, max_n),
-        find(results, System::LinuxNat, max_n),
-    ) {
-        (Some(p), Some(nat)) => {
-            let r = p.tcp_connections.per_second / nat.tcp_connections.per_second;
-            t.push(Target {
-                target: name,
-                status: verdict(r >= 3.0),
-                detail: format!(
-                    "{:.0} / {:.0} conn/s = {r:.2}x",
-                    p.tcp_connections.per_second, nat.tcp_connections.per_second
-                ),
-            });
-        }
-        _ => t.push(not_measured(&name, "portiso or Linux DNAT not in this run")),
-    }
-    t.push(not_measured(
-        "connection rate >= 3x OVS ct(nat) at 1000 sandboxes",
-        "OVS ct(nat) is not built by this version of portiso bench",
-    ));
-    let name = format!(
-        "portiso connection rate within 10% from 1 to 1000 sandboxes (measured {min_n} to {max_n})"
-    );
-    match (
-        find(results, System::Portiso, min_n),
-        find(results, System::Portiso, max_n),
-    ) {
-        (Some(a), Some(b)) if max_n > min_n => {
-            let r = b.tcp_connections.per_second / a.tcp_connections.per_second;
-            t.push(Target {
-                target: name,
-                status: verdict(r >= 0.9),
-                detail: format!(
-                    "{:.0} conn/s at {max_n} / {:.0} at {min_n} = {r:.2}x",
-                    b.tcp_connections.per_second, a.tcp_connections.per_second
-                ),
-            });
-        }
-        _ => t.push(not_measured(&name, "needs portiso at two sandbox counts")),
-    }
-    let profile = if cfg!(debug_assertions) {
-        " (debug build: use criterion or a release build)"
-    } else {
-        ""
-    };
-    t.push(Target {
-        target: "flow compile for 10k ranges < 5 ms".into(),
-        status: verdict(cp.compile_10k_ranges_ms < 5.0),
-        detail: format!("{:.2} ms{profile}", cp.compile_10k_ranges_ms),
-    });
-    t.push(Target {
-        target: "overlap check of 100k < 50 ms".into(),
-        status: verdict(cp.overlap_100k_entries_ms < 50.0),
-        detail: format!(
-            "overlapping_pairs over 100k entries {:.2} ms; arbitrate over 100k PortRanges {:.1} ms{profile}",
-            cp.overlap_100k_entries_ms, cp.arbitrate_100k_ranges_ms
-        ),
-    });
-    t.push(not_measured(
-        "attach <= 1.2x the bridge plugin",
-        &match find(results, System::Portiso, max_n).and_then(|m| m.attach_ms_p50) {
-            Some(p50) => format!(
-                "bridge plugin not measured by this version; portiso CNI ADD p50 {p50:.0} ms while attaching {max_n}"
-            ),
-            None => "portiso not in this run".into(),
-        },
-    ));
-    let name = format!("agent RSS < 30 MiB at 1000 sandboxes (measured at {max_n})");
-    match find(results, System::Portiso, max_n).and_then(|m| m.agent_rss_mib) {
-        Some(rss) => t.push(Target {
-            target: name,
-            status: verdict(rss < 30.0),
-            detail: format!("{rss:.1} MiB"),
-        }),
-        None => t.push(not_measured(&name, "portiso not in this run")),
-    }
-    t
-}
-
-/// The terminal (and docs) table: one block per sandbox count.
-pub fn render(r: &Report) -> String {
-    let mut s = String::new();
-    for &n in &r.sandbox_counts {
-        let raw = find(&r.results, System::RawVeth, n);
-        s += &format!(
-            "\n{n} sandbox(es), {} s per measurement\n\n",
-            r.seconds_per_measurement
-        );
-        s += "| system | TCP Gbit/s | × veth | conn/s | × veth | conn p50 µs | conn p99 µs | UDP rr/s | × veth | UDP p50 µs | UDP p99 µs |\n";
-        s += "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
-        for m in r.results.iter().filter(|m| m.sandboxes == n) {
-            let x = |v: f64, base: Option<f64>| match base {
-                Some(b) if b > 0.0 => format!("{:.2}", v / b),
-                _ => "–".into(),
-            };
-            s += &format!(
-                "| {} | {:.2} | {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.0} |\n",
-                m.system.label(),
-                m.tcp_throughput_gbps,
-                x(m.tcp_throughput_gbps, raw.map(|r| r.tcp_throughput_gbps)),
-                m.tcp_connections.per_second,
-                x(
-                    m.tcp_connections.per_second,
-                    raw.map(|r| r.tcp_connections.per_second)
-                ),
-                m.tcp_connections.p50_us,
-                m.tcp_connections.p99_us,
-                m.udp_request_response.per_second,
-                x(
-                    m.udp_request_response.per_second,
-                    raw.map(|r| r.udp_request_response.per_second)
-                ),
-                m.udp_request_response.p50_us,
-                m.udp_request_response.p99_us,
-            );
-        }
-        s += "\n";
-        for what in ["portiso / plain-ovs", "portiso / linux-nat"] {
-            let rs: Vec<_> = r
-                .ratios
-                .iter()
-                .filter(|x| x.sandboxes == n && x.what == what)
-                .collect();
-            if rs.len() == 3 {
-                s += &format!(
-                    "{what}: throughput {:.2}x, connections {:.2}x, UDP rr {:.2}x\n",
-                    rs[0].ratio, rs[1].ratio, rs[2].ratio
-                );
-            }
-        }
-        if let Some(p) = find(&r.results, System::Portiso, n) {
-            if let (Some(a), Some(rss)) = (p.attach_ms_p50, p.agent_rss_mib) {
-                s += &format!(
-                    "portiso: CNI ADD p50 {a:.0} ms (max {:.0} ms), agent RSS {rss:.1} MiB\n",
-                    p.attach_ms_max.unwrap_or(0.0)
-                );
-            }
-        }
-        let failed: u64 = r
-            .results
-            .iter()
-            .filter(|m| m.sandboxes == n)
-            .map(|m| m.tcp_connections.failed + m.udp_request_response.failed)
-            .sum();
-        if failed > 0 {
-            s += &format!("failed requests (timeouts, resets) in these rows: {failed}\n");
-        }
-    }
-    let cp = &r.control_plane;
-    s += &format!(
-        "\ncontrol plane ({} build, median): compile 10k ranges {:.2} ms, overlapping_pairs 100k entries {:.2} ms, arbitrate 100k PortRanges {:.1} ms\n",
-        r.machine.profile, cp.compile_10k_ranges_ms, cp.overlap_100k_entries_ms, cp.arbitrate_100k_ranges_ms
-    );
-    s += "\n| target (issue 5) | status | measured |\n| --- | --- | --- |\n";
-    for t in &r.targets {
-        s += &format!("| {} | {} | {} |\n", t.target, t.status, t.detail);
-    }
-    s
 }
