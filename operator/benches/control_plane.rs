@@ -81,5 +81,22 @@ fn compile(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, cover, overlap, compile);
+/// Diffing a 10k-range table against what a bridge holds: nothing yet (every flow is added),
+/// and exactly it (nothing changes, the agent's steady state). Each needs every flow's cookie.
+fn diff(c: &mut Criterion) {
+    let mut g = c.benchmark_group("flows::diff");
+    g.sample_size(20);
+    let n = 10_000usize;
+    let table = portiso::flows::compile_bridge(&synthetic::bridge_state(n));
+    let installed: Vec<u64> = table.flows.iter().map(|f| f.cookie()).collect();
+    g.throughput(Throughput::Elements(n as u64));
+    for (name, installed) in [("from_empty", &[][..]), ("unchanged", &installed[..])] {
+        g.bench_with_input(BenchmarkId::new(name, n), &table, |b, t| {
+            b.iter(|| portiso::flows::diff(black_box(t), black_box(installed)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, cover, overlap, compile, diff);
 criterion_main!(benches);

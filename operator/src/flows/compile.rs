@@ -8,11 +8,13 @@
 //! the shared MAC and IP and, for TCP/UDP, a source port it owns — so it can never answer for,
 //! or pose as, the host or a neighbour. TCP and UDP never touch conntrack: the port decides.
 
-use super::flow::{Flow, FlowTable};
+use super::flow::{FlowTable, FlowTableBuilder, Span};
 use super::table;
-use crate::model::ports::cover;
+use crate::model::ports::{cover_iter, PortBlock};
 use crate::model::Protocol;
+use std::fmt::Write as _;
 use std::net::Ipv4Addr;
+use std::ops::Range;
 
 /// The conntrack zone that holds sandboxes' ICMP echo requests (and nothing else).
 pub const CT_ZONE: u16 = 0x7150;
@@ -37,10 +39,13 @@ pub struct BridgeState {
     pub sandboxes: Vec<SandboxPorts>,
 }
 
-fn proto(p: Protocol) -> &'static str {
+/// Both protocols with their names in a match, in the order of those names ("tcp" < "udp").
+const PROTOCOLS: [(Protocol, &str); 2] = [(Protocol::Tcp, "tcp"), (Protocol::Udp, "udp")];
+
+fn protocol_index(p: Protocol) -> usize {
     match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
+        Protocol::Tcp => 0,
+        Protocol::Udp => 1,
     }
 }
 
@@ -49,140 +54,319 @@ fn proto(p: Protocol) -> &'static str {
 /// the shared address go to the agent, which steers each to whoever sent the offending packet.
 const ICMP_ERRORS: [u8; 3] = [3, 11, 12];
 
+/// The ICMP type of an echo request.
+const ICMP_ECHO_REQUEST: u8 = 8;
+
 /// How much of an inbound ICMP error the switch hands the agent: 65535 means all of it.
 const ICMP_ERROR_PUNT_LEN: u16 = 65535;
 
 /// Compiles the bridge's whole flow table. Pure: same state, same flows, same cookies.
+///
+/// A bridge with 10k port ranges has ~70k flows, so the flows are written as text pieces
+/// into one buffer (`FlowTableBuilder`) instead of being formatted one by one: the address,
+/// MAC and port numbers are turned into text once, and a port block without `fmt`.
+///
+/// The flows are added in table order (table, priority, match text, actions text), so that
+/// the table need not sort ~70k strings, nor even check their order. That is why the
+/// sandboxes are walked in the order of their port number's *text* (`in_port=10,` sorts
+/// before `in_port=100,` and `in_port=9,`), ICMP types and port blocks in the order of theirs
+/// too, and why inbound TCP/UDP flows of all sandboxes are sorted together. Where flows may
+/// repeat (two sandboxes on one OVS port, overlapping spans) the table sorts them: the result
+/// is the same, only slower.
 pub fn compile_bridge(s: &BridgeState) -> FlowTable {
-    let up = s.uplink_ofport;
-    let ip = s.shared_ip;
-    let mac = &s.shared_mac;
-    let mut f = vec![
-        // Classification by ingress port. Anything from a sandbox port goes to the egress
-        // checks; the host's own traffic is the host's business.
-        Flow::new(
-            table::CLASSIFY,
-            100,
-            format!("in_port={up}"),
-            format!("goto_table:{}", table::FROM_UPLINK),
-        ),
-        Flow::new(
-            table::CLASSIFY,
-            100,
-            "in_port=LOCAL",
-            format!("output:{up}"),
-        ),
-        Flow::new(
-            table::CLASSIFY,
-            0,
-            "",
-            format!("goto_table:{}", table::FROM_SANDBOX),
-        ),
-        // Inbound: the host answers ARP requests for the shared address (the peer must learn
-        // one MAC for it, and it is the same MAC everywhere anyway).
-        Flow::new(table::FROM_UPLINK, 290, "arp", "LOCAL"),
-        // Echo replies: conntrack knows which sandbox (ct_mark = its ofport) sent the request.
-        Flow::new(
-            table::FROM_UPLINK,
-            150,
-            format!("icmp,nw_dst={ip},icmp_type=0"),
-            format!("ct(zone={CT_ZONE},table={})", table::ECHO_REPLY),
-        ),
-        // Everything no sandbox claims is the host's.
-        Flow::new(table::FROM_UPLINK, 0, "", "LOCAL"),
-        Flow::new(table::ECHO_REPLY, 0, "", "LOCAL"),
-        // Egress: whatever no rule below allows is dropped (and counted by this flow).
-        Flow::new(table::FROM_SANDBOX, 0, "", "drop"),
-    ];
+    let (w, repeats) = build(s);
+    if repeats {
+        w.finish()
+    } else {
+        w.finish_in_order()
+    }
+}
 
+/// The flows of the bridge, in table order unless some repeat: returns whether they may.
+fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
+    let up = s.uplink_ofport.to_string();
+    let ip = s.shared_ip.to_string();
+    let mac = s.shared_mac.as_str();
+    let from_shared = format!(",dl_src={mac},nw_src={ip}");
+    let mut by_port: Vec<(String, &SandboxPorts)> = s
+        .sandboxes
+        .iter()
+        .map(|sb| (sb.ofport.to_string(), sb))
+        .collect();
+    by_port.sort_by(|a, b| a.0.cmp(&b.0));
+    // Flows repeat only where two sandboxes share an OVS port or a sandbox owns one block
+    // twice in a protocol (overlapping spans). Then the order below may break; otherwise it
+    // cannot (tests check it), and the table need not check it either.
+    let mut repeats = by_port.windows(2).any(|w| w[0].0 == w[1].0);
+    // The port blocks of all sandboxes, by protocol (as in `PROTOCOLS`); each sandbox's, in
+    // text order, are a range of them.
+    let mut blocks: [Vec<BlockText>; 2] = Default::default();
+    let sandboxes: Vec<Sandbox> = by_port
+        .into_iter()
+        .map(|(ofport, sb)| {
+            let start = [blocks[0].len(), blocks[1].len()];
+            for &(protocol, first, last) in &sb.ports {
+                let k = protocol_index(protocol);
+                blocks[k].extend(cover_iter(first, last).map(BlockText::new));
+            }
+            let range = |k: usize| start[k]..blocks[k].len();
+            let ranges = [range(0), range(1)];
+            for (k, r) in ranges.iter().enumerate() {
+                let mine = &mut blocks[k][r.clone()];
+                mine.sort_unstable();
+                repeats |= mine.windows(2).any(|w| w[0] == w[1]);
+            }
+            Sandbox {
+                ofport,
+                blocks: ranges,
+            }
+        })
+        .collect();
+    let by_text = |types: &[u8]| {
+        let mut t: Vec<String> = types.iter().map(u8::to_string).collect();
+        t.sort();
+        t
+    };
+    let icmp_errors = by_text(&ICMP_ERRORS);
+    let echo_request = ICMP_ECHO_REQUEST.to_string();
+    let sandbox_icmp = by_text(&[&ICMP_ERRORS[..], &[ICMP_ECHO_REQUEST]].concat());
+
+    // Room for every flow and (roughly) its text: two flows per port block, eight per
+    // sandbox, eleven for the bridge. An estimate only spares reallocations.
+    let block_count = blocks[0].len() + blocks[1].len();
+    let mut w = FlowTableBuilder::with_capacity(
+        2 * block_count + 8 * sandboxes.len() + 11,
+        block_count * (90 + 2 * ip.len() + mac.len())
+            + sandboxes.len() * (400 + 6 * mac.len() + 5 * ip.len())
+            + 1024,
+    );
+
+    // Actions many flows share: their text is written once.
+    let to_uplink = w.text(&["output:", &up]);
+    let to_host = w.text(&["LOCAL"]);
+    let drop = w.text(&["drop"]);
+    let to_sandbox: Vec<Span> = sandboxes
+        .iter()
+        .map(|sb| w.text(&["output:", &sb.ofport]))
+        .collect();
+
+    // Classification by ingress port. Anything from a sandbox port goes to the egress
+    // checks; the host's own traffic is the host's business.
+    let to_egress = w.text(&[&format!("goto_table:{}", table::FROM_SANDBOX)]);
+    w.flow(table::CLASSIFY, 0, &[], to_egress);
+    let to_ingress = w.text(&[&format!("goto_table:{}", table::FROM_UPLINK)]);
+    w.flow(table::CLASSIFY, 100, &["in_port=", &up], to_ingress);
+    w.flow(table::CLASSIFY, 100, &["in_port=LOCAL"], to_uplink);
+
+    // Inbound. Everything no sandbox claims is the host's.
+    w.flow(table::FROM_UPLINK, 0, &[], to_host);
+    // Echo replies: conntrack knows which sandbox (ct_mark = its ofport) sent the request.
+    let to_conntrack = w.text(&[&format!("ct(zone={CT_ZONE},table={})", table::ECHO_REPLY)]);
+    w.flow(
+        table::FROM_UPLINK,
+        150,
+        &["icmp,nw_dst=", &ip, ",icmp_type=0"],
+        to_conntrack,
+    );
     // ICMP errors about traffic of the shared address: whose traffic it was is written in the
     // quoted inner header, which OpenFlow cannot match. The agent reads it (agent::icmp_errors)
     // and sends each error on to the sandbox that owns the inner packet's source port, or to
     // the host. The whole packet goes up (max_len=65535 is "no truncation"): the agent
     // re-injects what it gets, and Linux quotes up to 576 bytes of the offending datagram.
-    for t in ICMP_ERRORS {
-        f.push(Flow::new(
+    let to_agent = w.text(&[&format!("controller(max_len={ICMP_ERROR_PUNT_LEN})")]);
+    for t in &icmp_errors {
+        w.flow(
             table::FROM_UPLINK,
             160,
-            format!("icmp,nw_dst={ip},icmp_type={t}"),
-            format!("controller(max_len={ICMP_ERROR_PUNT_LEN})"),
-        ));
+            &["icmp,nw_dst=", &ip, ",icmp_type=", t],
+            to_agent,
+        );
     }
-
-    // ARP replies may answer a request of the host or of any sandbox: all of them get it.
-    let mut arp_reply_to = vec!["LOCAL".to_string()];
-    arp_reply_to.extend(s.sandboxes.iter().map(|sb| format!("output:{}", sb.ofport)));
-    f.push(Flow::new(
-        table::FROM_UPLINK,
-        300,
-        "arp,arp_op=2",
-        arp_reply_to.join(","),
-    ));
-
-    for sb in &s.sandboxes {
-        let p = sb.ofport;
-        // Inbound by destination port.
-        for &(protocol, start, end) in &sb.ports {
-            for block in cover(start, end) {
-                f.push(Flow::new(
-                    table::FROM_UPLINK,
-                    200,
-                    format!("{},nw_dst={ip},tp_dst={block}", proto(protocol)),
-                    format!("output:{p}"),
-                ));
-                // Outbound: only from its own ports, with the shared addresses.
-                f.push(Flow::new(
-                    table::FROM_SANDBOX,
-                    200,
-                    format!(
-                        "{},in_port={p},dl_src={mac},nw_src={ip},tp_src={block}",
-                        proto(protocol)
-                    ),
-                    format!("output:{up}"),
-                ));
-            }
+    // TCP/UDP by destination port, to the sandbox that owns it: all sandboxes' blocks of a
+    // protocol in text order, then by sandbox. A block's text takes at most 13 of its 16
+    // bytes, so the sandbox goes in the low three and one integer sort does it.
+    assert!(
+        sandboxes.len() < 1 << 24,
+        "over 16M sandboxes on one bridge"
+    );
+    let mut text = [0; 16];
+    for (k, (_, name)) in PROTOCOLS.iter().enumerate() {
+        let mut owned: Vec<u128> = Vec::with_capacity(blocks[k].len());
+        for (i, sb) in sandboxes.iter().enumerate() {
+            owned.extend(
+                blocks[k][sb.blocks[k].clone()]
+                    .iter()
+                    .map(|b| b.0 | i as u128),
+            );
         }
-        f.push(Flow::new(
+        owned.sort_unstable();
+        let prefix = format!("{name},nw_dst={ip},tp_dst=");
+        for key in owned {
+            let (block, i) = (BlockText(key & !0xff_ffff), (key & 0xff_ffff) as usize);
+            let tp_dst = block.as_bytes(&mut text);
+            w.flow_ascii(table::FROM_UPLINK, 200, &prefix, tp_dst, to_sandbox[i]);
+        }
+    }
+    // The host answers ARP requests for the shared address (the peer must learn one MAC for
+    // it, and it is the same MAC everywhere anyway).
+    w.flow(table::FROM_UPLINK, 290, &["arp"], to_host);
+    // ARP replies may answer a request of the host or of any sandbox: all of them get it.
+    let mut everyone = String::from("LOCAL");
+    for sb in &s.sandboxes {
+        write!(everyone, ",output:{}", sb.ofport).expect("writing to a String");
+    }
+    let to_everyone = w.text(&[&everyone]);
+    w.flow(table::FROM_UPLINK, 300, &["arp,arp_op=2"], to_everyone);
+
+    // Echo replies after conntrack: to the sandbox whose request it was.
+    w.flow(table::ECHO_REPLY, 0, &[], to_host);
+    for (sb, &to_sb) in sandboxes.iter().zip(&to_sandbox) {
+        w.flow(
             table::ECHO_REPLY,
             100,
-            format!("ct_state=+trk+est,ct_mark={p},icmp"),
-            format!("output:{p}"),
-        ));
-        f.push(Flow::new(
-            table::FROM_SANDBOX,
-            150,
-            format!("icmp,in_port={p},dl_src={mac},nw_src={ip},icmp_type=8"),
-            format!("ct(commit,zone={CT_ZONE},exec(set_field:{p}->ct_mark)),output:{up}"),
-        ));
-        for t in ICMP_ERRORS {
-            f.push(Flow::new(
-                table::FROM_SANDBOX,
-                150,
-                format!("icmp,in_port={p},dl_src={mac},nw_src={ip},icmp_type={t}"),
-                format!("output:{up}"),
-            ));
-        }
-        // A sandbox may ask (never answer) ARP, and only as the shared address.
-        f.push(Flow::new(
-            table::FROM_SANDBOX,
-            150,
-            format!("arp,in_port={p},dl_src={mac},arp_op=1,arp_spa={ip},arp_sha={mac}"),
-            format!("output:{up}"),
-        ));
-        // Its own drop rule, so drops are counted per sandbox.
-        f.push(Flow::new(
-            table::FROM_SANDBOX,
-            10,
-            format!("in_port={p}"),
-            "drop",
-        ));
+            &["ct_state=+trk+est,ct_mark=", &sb.ofport, ",icmp"],
+            to_sb,
+        );
     }
-    FlowTable::new(f)
+
+    // Egress: whatever no rule below allows is dropped (and counted by this flow).
+    w.flow(table::FROM_SANDBOX, 0, &[], drop);
+    // Each sandbox's own drop rule, so drops are counted per sandbox.
+    for sb in &sandboxes {
+        w.flow(table::FROM_SANDBOX, 10, &["in_port=", &sb.ofport], drop);
+    }
+    // A sandbox may ask (never answer) ARP, and only as the shared address.
+    for sb in &sandboxes {
+        w.flow(
+            table::FROM_SANDBOX,
+            150,
+            &[
+                "arp,in_port=",
+                &sb.ofport,
+                ",dl_src=",
+                mac,
+                ",arp_op=1,arp_spa=",
+                &ip,
+                ",arp_sha=",
+                mac,
+            ],
+            to_uplink,
+        );
+    }
+    // ICMP errors, and echo requests through conntrack, which remembers the sender in ct_mark
+    // for the reply.
+    let commit = format!("ct(commit,zone={CT_ZONE},exec(set_field:");
+    for sb in &sandboxes {
+        for t in &sandbox_icmp {
+            let actions = if *t == echo_request {
+                w.text(&[&commit, &sb.ofport, "->ct_mark)),output:", &up])
+            } else {
+                to_uplink
+            };
+            let m = ["icmp,in_port=", &sb.ofport, &from_shared, ",icmp_type=", t];
+            w.flow(table::FROM_SANDBOX, 150, &m, actions);
+        }
+    }
+    // TCP/UDP only from its own ports, with the shared addresses.
+    let mut prefix = String::new();
+    for (k, (_, name)) in PROTOCOLS.iter().enumerate() {
+        for sb in &sandboxes {
+            prefix.clear();
+            for part in [name, ",in_port=", &sb.ofport, &from_shared, ",tp_src="] {
+                prefix.push_str(part);
+            }
+            for block in &blocks[k][sb.blocks[k].clone()] {
+                let tp_src = block.as_bytes(&mut text);
+                w.flow_ascii(table::FROM_SANDBOX, 200, &prefix, tp_src, to_uplink);
+            }
+        }
+    }
+    (w, repeats)
+}
+
+/// A sandbox as the compiler walks it: its OVS port number as text, and where its port
+/// blocks are among all (by protocol, as in `PROTOCOLS`).
+struct Sandbox {
+    ofport: String,
+    blocks: [Range<usize>; 2],
+}
+
+/// A port block as it follows `tp_dst=` or `tp_src=`, exactly as `PortBlock`'s `Display`
+/// writes it ("10000", "0x2710/0xfff0": at most 13 bytes), packed big-endian into a u128 and
+/// padded with zero bytes. Comparing two packed texts as numbers compares them as strings,
+/// so blocks sort in text order without any string; and it is written without `fmt`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct BlockText(u128);
+
+impl BlockText {
+    fn new(b: PortBlock) -> Self {
+        let mut t = Ascii::default();
+        if b.mask == u16::MAX {
+            t.decimal(b.value);
+        } else {
+            t.push(b"0x");
+            t.hex(b.value);
+            t.push(b"/0x");
+            t.hex(b.mask);
+        }
+        BlockText(t.packed())
+    }
+
+    /// The text, with `buf` to hold it.
+    fn as_bytes(self, buf: &mut [u8; 16]) -> &[u8] {
+        *buf = self.0.to_be_bytes();
+        // The text is digits, 'x' and '/': the zero bytes after it are only padding.
+        let len = 16 - (self.0.trailing_zeros() / 8) as usize;
+        &buf[..len]
+    }
+}
+
+/// One port block's text being written into a `BlockText`: each byte is shifted in at the
+/// bottom (a constant shift; a variable one per byte costs more than all the rest), and
+/// `packed` moves the text to the top.
+#[derive(Default)]
+struct Ascii {
+    text: u128,
+    len: u32,
+}
+
+impl Ascii {
+    fn push(&mut self, s: &[u8]) {
+        for &c in s {
+            self.text = (self.text << 8) | u128::from(c);
+            self.len += 1;
+        }
+    }
+
+    fn packed(&self) -> u128 {
+        self.text << (8 * (16 - self.len))
+    }
+
+    /// `n` in lower-case hex without leading zeros (0 is "0"), as `{:x}` writes it.
+    fn hex(&mut self, n: u16) {
+        let digits = (16 - n.leading_zeros()).div_ceil(4).max(1);
+        for d in (0..digits).rev() {
+            self.push(&[b"0123456789abcdef"[usize::from((n >> (4 * d)) & 0xf)]]);
+        }
+    }
+
+    /// `n` in decimal, as `{}` writes it.
+    fn decimal(&mut self, n: u16) {
+        let mut place = 1;
+        while n / place >= 10 {
+            place *= 10;
+        }
+        while place > 0 {
+            self.push(&[b'0' + (n / place % 10) as u8]);
+            place /= 10;
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flows::{Flow, FlowRef};
 
     fn state() -> BridgeState {
         BridgeState {
@@ -201,7 +385,7 @@ mod tests {
     fn inbound_icmp_errors_for_the_shared_address_go_to_the_agent() {
         let t = compile_bridge(&state());
         for ty in ICMP_ERRORS {
-            let punt: Vec<&Flow> = t
+            let punt: Vec<FlowRef> = t
                 .flows
                 .iter()
                 .filter(|f| {
@@ -228,13 +412,90 @@ mod tests {
         let punted = |s: &BridgeState| -> Vec<Flow> {
             compile_bridge(s)
                 .flows
-                .into_iter()
+                .iter()
                 .filter(|f| f.actions.starts_with("controller"))
+                .map(|f| f.to_flow())
                 .collect()
         };
         assert_eq!(punted(&state()), punted(&empty));
         assert_eq!(punted(&empty).len(), ICMP_ERRORS.len());
         // The agent steers exactly the types the bridge hands it.
         assert_eq!(ICMP_ERRORS, crate::agent::icmp_errors::ERROR_TYPES);
+    }
+
+    #[test]
+    fn block_text_is_the_display_text_and_sorts_like_it() {
+        // Every block there is: each prefix length, each value aligned to it.
+        let mut blocks = Vec::new();
+        for bits in 0..=16u32 {
+            let mask = (u32::MAX << (16 - bits)) as u16;
+            let step = 1u32 << (16 - bits);
+            blocks.extend((0..1u32 << 16).step_by(step as usize).map(|v| PortBlock {
+                value: v as u16,
+                mask,
+            }));
+        }
+        let mut buf = [0; 16];
+        let mut texts: Vec<(BlockText, String)> = blocks
+            .iter()
+            .map(|&b| {
+                let t = BlockText::new(b);
+                assert_eq!(t.as_bytes(&mut buf), b.to_string().as_bytes());
+                (t, b.to_string())
+            })
+            .collect();
+        texts.sort();
+        assert!(texts.windows(2).all(|w| w[0].1 < w[1].1));
+    }
+
+    /// The compiler adds flows in table order, so that the table need not sort them: for
+    /// port numbers of different lengths, single ports and odd spans, many sandboxes.
+    #[test]
+    fn flows_are_added_in_table_order() {
+        let mut s = state();
+        s.uplink_ofport = 10;
+        for (ofport, ports) in [
+            (
+                9,
+                vec![(Protocol::Tcp, 80, 80), (Protocol::Udp, 5060, 5061)],
+            ),
+            (
+                100,
+                vec![(Protocol::Udp, 1, 65534), (Protocol::Tcp, 443, 443)],
+            ),
+            (11, vec![]),
+            (1000, vec![(Protocol::Tcp, 0, 79), (Protocol::Tcp, 81, 442)]),
+        ] {
+            s.sandboxes.push(SandboxPorts {
+                sandbox: format!("t/{ofport}"),
+                ofport,
+                ports,
+            });
+        }
+        for state in [s, state(), crate::bench::synthetic::bridge_state(300)] {
+            let (w, repeats) = build(&state);
+            assert!(w.in_table_order() && !repeats);
+            // ...and the result is the same as from flows sorted the slow way.
+            let t = compile_bridge(&state);
+            let mut flows: Vec<Flow> = t.flows.iter().map(|f| f.to_flow()).collect();
+            flows.reverse();
+            assert_eq!(FlowTable::new(flows), t);
+        }
+    }
+
+    #[test]
+    fn two_sandboxes_on_one_port_still_make_a_sorted_table() {
+        let mut s = state();
+        let mut twin = s.sandboxes[0].clone();
+        twin.sandbox = "default/twin".into();
+        twin.ports.push((Protocol::Tcp, 22, 22));
+        s.sandboxes.push(twin);
+        let (w, repeats) = build(&s);
+        assert!(repeats && !w.in_table_order());
+        let t = compile_bridge(&s);
+        let flows: Vec<FlowRef> = t.flows.iter().collect();
+        assert!(flows.windows(2).all(|w| w[0] < w[1]));
+        // The twin's copies of the same flows are gone; only its own port 22 is added.
+        assert_eq!(t.flows.len(), compile_bridge(&state()).flows.len() + 2);
     }
 }

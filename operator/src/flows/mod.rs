@@ -8,7 +8,7 @@ mod compile;
 mod flow;
 
 pub use compile::{compile_bridge, BridgeState, SandboxPorts, CT_ZONE};
-pub use flow::{diff, Flow, FlowDiff, FlowTable};
+pub use flow::{diff, Flow, FlowDiff, FlowRef, FlowTable, Flows};
 
 /// The tables of a portiso bridge, in the order a packet visits them.
 pub mod table {

@@ -53,11 +53,19 @@ impl fmt::Display for PortBlock {
 /// fits, is optimal: prefix blocks nest or are disjoint, so any cover contains a block starting
 /// at the current port, and no block starting there can be larger than the greedy one.
 pub fn cover(start: u16, end: u16) -> Vec<PortBlock> {
-    let mut blocks = Vec::new();
-    // u32 so that stepping past 65535 ends the loop instead of wrapping.
+    cover_iter(start, end).collect()
+}
+
+/// The blocks of `cover`, one at a time: for callers that walk many spans and need no `Vec`
+/// of each (the flow compiler).
+pub fn cover_iter(start: u16, end: u16) -> impl Iterator<Item = PortBlock> {
+    // u32 so that stepping past 65535 ends the walk instead of wrapping.
     let end = u32::from(end);
     let mut next = u32::from(start);
-    while next <= end {
+    std::iter::from_fn(move || {
+        if next > end {
+            return None;
+        }
         // Largest block aligned at `next` (2^trailing_zeros, all 65536 ports at 0)...
         let aligned = if next == 0 {
             1 << 16
@@ -71,13 +79,13 @@ pub fn cover(start: u16, end: u16) -> Vec<PortBlock> {
         }
         // size <= 65536 and next < 65536, so both fit in u16 after the subtraction/mask.
         let mask = (!(size - 1) & 0xffff) as u16;
-        blocks.push(PortBlock {
+        let block = PortBlock {
             value: next as u16,
             mask,
-        });
+        };
         next += size;
-    }
-    blocks
+        Some(block)
+    })
 }
 
 #[cfg(test)]
