@@ -215,7 +215,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     });
     let secs = args.seconds.unwrap_or(if args.quick { 0.5 } else { 3.0 });
     let dur = Duration::from_secs_f64(secs);
-    let systems = args.systems.clone().unwrap_or(System::ALL.to_vec());
+    let systems = args.systems.clone().unwrap_or(System::DEFAULT.to_vec());
     let machine = machine();
     eprintln!(
         "portiso bench: {} on {} ({} CPUs, load {}), OVS datapath {}, {secs} s per measurement",

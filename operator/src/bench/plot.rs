@@ -22,6 +22,8 @@ fn colour(s: System) -> &'static str {
         System::LinuxNat => "#ff7f0e",
         System::OvsCtNat => "#9467bd",
         System::Portiso => "#d62728",
+        System::PortisoFastpath => "#2ca02c",
+        System::PortisoAfxdpNonpmd => "#e377c2",
     }
 }
 

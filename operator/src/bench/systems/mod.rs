@@ -44,16 +44,32 @@ pub enum System {
     OvsCtNat,
     /// portiso: the real agent and CNI plugin, sandboxes sharing the node's address.
     Portiso,
-    // More portiso rows (agent-config variants) go here: see `portiso_datapath`.
+    /// portiso with the eBPF/XDP fast path beside OVS carrying TCP/UDP by port.
+    PortisoFastpath,
+    /// portiso on OVS alone with AF_XDP ports serviced by OVS's main thread.
+    PortisoAfxdpNonpmd,
 }
 
 impl System {
-    pub const ALL: [System; 5] = [
+    pub const ALL: [System; 7] = [
         System::RawVeth,
         System::PlainOvs,
         System::LinuxNat,
         System::OvsCtNat,
         System::Portiso,
+        System::PortisoFastpath,
+        System::PortisoAfxdpNonpmd,
+    ];
+
+    /// What a run measures unless `--systems` says otherwise: every system but the AF_XDP row,
+    /// which is the fast path's fallback and only adds minutes (1000 more ports to build).
+    pub const DEFAULT: [System; 6] = [
+        System::RawVeth,
+        System::PlainOvs,
+        System::LinuxNat,
+        System::OvsCtNat,
+        System::Portiso,
+        System::PortisoFastpath,
     ];
 
     pub fn label(self) -> &'static str {
@@ -63,6 +79,8 @@ impl System {
             System::LinuxNat => "Linux DNAT",
             System::OvsCtNat => "OVS ct(nat)",
             System::Portiso => "portiso",
+            System::PortisoFastpath => "portiso + eBPF fast path",
+            System::PortisoAfxdpNonpmd => "portiso, afxdp-nonpmd ports",
         }
     }
 
@@ -73,12 +91,17 @@ impl System {
             System::LinuxNat => "linux-nat",
             System::OvsCtNat => "ovs-ct-nat",
             System::Portiso => "portiso",
+            System::PortisoFastpath => "portiso-fastpath",
+            System::PortisoAfxdpNonpmd => "portiso-afxdp-nonpmd",
         }
     }
 
     /// Whether the row runs portiso (the testbed's real agent and CNI plugin).
     pub fn is_portiso(self) -> bool {
-        matches!(self, System::Portiso)
+        matches!(
+            self,
+            System::Portiso | System::PortisoFastpath | System::PortisoAfxdpNonpmd
+        )
     }
 
     /// For portiso rows: the `datapath:` value of the agent config (the testbed writes the
@@ -90,6 +113,8 @@ impl System {
     pub fn portiso_datapath(self) -> Option<&'static str> {
         match self {
             System::Portiso => Some("{userspacePorts: system, fastPath: off}"),
+            System::PortisoFastpath => Some("{userspacePorts: system, fastPath: on}"),
+            System::PortisoAfxdpNonpmd => Some("{userspacePorts: afxdp-nonpmd, fastPath: off}"),
             _ => None,
         }
     }
@@ -258,7 +283,9 @@ pub fn build(system: System, o: &BuildOptions) -> anyhow::Result<Built> {
         System::PlainOvs => plain_ovs::build(o, plan),
         System::LinuxNat => linux_nat::build(o, plan),
         System::OvsCtNat => ovs_ct_nat::build(o, plan),
-        System::Portiso => portiso::build(o, plan, system.portiso_datapath()),
+        System::Portiso | System::PortisoFastpath | System::PortisoAfxdpNonpmd => {
+            portiso::build(o, plan, system.portiso_datapath())
+        }
     }?;
     b.setup = start.elapsed();
     Ok(b)
