@@ -6,7 +6,8 @@
 mod common;
 
 use common::dataplane::{
-    attach_web, check_arp, check_echo, check_egress, check_steering, send_udp, web_ranges,
+    arrivals_at_web1_during, attach_web, check_arp, check_echo, check_egress, check_steering,
+    send_udp, web_ranges,
 };
 use common::testbed_with;
 use portiso::fastpath::kernel::pinned_counters;
@@ -144,20 +145,9 @@ fn the_fast_path_keeps_carrying_traffic_while_the_agent_is_down() {
     assert!(fast_packets(&tb) >= before + n as u64);
 
     // A restarted agent swaps its programs into the pinned links; nothing is lost meanwhile.
-    let web1 = count_frames(
-        &tb.sandbox_ns("web1"),
-        Duration::from_secs(8),
-        frame::to_sandbox_ports,
-    )
-    .unwrap();
-    let sender = {
-        let out = tb.outside.clone();
-        std::thread::spawn(move || send_udp(&out, to_web1, 4001, 2000))
-    };
-    tb.start_agent().unwrap();
-    sender.join().unwrap();
+    let got = arrivals_at_web1_during(&mut tb, 2000, |tb| tb.start_agent().unwrap());
     assert_eq!(
-        web1.join().unwrap().unwrap(),
+        got,
         2000,
         "datagrams across the restart; fast-path counters {:#?}",
         pinned_counters(&tb.bpf_dir()),

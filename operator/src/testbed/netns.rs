@@ -213,9 +213,18 @@ pub fn count_frames(
         const PACKET_OUTGOING: u8 = 4;
         let proto = socket2::Protocol::from((ETH_P_ALL as u16).to_be() as i32);
         let sock = socket2::Socket::new(socket2::Domain::PACKET, socket2::Type::RAW, Some(proto))?;
-        // Room for bursts of thousands of frames while this thread waits for a CPU, so that a
-        // count is never short because the counter fell behind.
-        let _ = sock.set_recv_buffer_size(16 << 20);
+        // Room for bursts of thousands of frames while this thread waits for a CPU (busy
+        // daemons starting beside it on two cores), so that a count is never short because the
+        // counter fell behind. FORCE: as root, past net.core.rmem_max (~200 KiB, ~250 frames).
+        let _ = nix::sys::socket::setsockopt(
+            &sock,
+            nix::sys::socket::sockopt::RcvBufForce,
+            &(32 << 20),
+        )
+        .or_else(|_| {
+            sock.set_recv_buffer_size(16 << 20)
+                .map_err(|_| nix::Error::EINVAL)
+        });
         let _ = ready_tx.send(());
         let deadline = Instant::now() + window;
         let mut n = 0;

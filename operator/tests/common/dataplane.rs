@@ -307,3 +307,26 @@ pub fn send_udp(ns: &str, to: SocketAddr, from_port: u16, n: usize) {
     })
     .unwrap();
 }
+
+/// Sends `n` datagrams from the peer to web1's port 10010 while `disrupt` runs, and returns how
+/// many arrived at web1: a disruption that loses nothing returns `n`.
+pub fn arrivals_at_web1_during(
+    tb: &mut Testbed,
+    n: usize,
+    disrupt: impl FnOnce(&mut Testbed),
+) -> usize {
+    let web1 = count_frames(
+        &tb.sandbox_ns("web1"),
+        Duration::from_secs(8),
+        frame::to_sandbox_ports,
+    )
+    .unwrap();
+    let sender = {
+        let out = tb.outside.clone();
+        let to = SocketAddr::from(([198, 51, 100, 1], 10010));
+        std::thread::spawn(move || send_udp(&out, to, 4001, n))
+    };
+    disrupt(tb);
+    sender.join().unwrap();
+    web1.join().unwrap().unwrap()
+}
