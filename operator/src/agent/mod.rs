@@ -52,8 +52,8 @@ pub struct Agent {
     /// The eBPF fast path, when it runs; it sits behind a lock because its maps are written
     /// from `reconcile`, which only reads the rest of the agent.
     fast_path: Option<std::sync::Mutex<FastPath>>,
-    /// "on (…)" or "off: why", for the log and `portiso status`.
-    pub fast_path_status: String,
+    /// Why the fast path does not run, when it never started ("off: …").
+    fast_path_off: String,
     pub uplinks: Vec<UplinkRuntime>,
     sources: Box<dyn Sources>,
     /// PortRanges that passed validation and arbitration.
@@ -100,13 +100,12 @@ impl Agent {
         // The fast path first: when it runs, it holds the devices' XDP hook, which AF_XDP
         // ports would otherwise take.
         let uplink_names: Vec<String> = config.uplinks.iter().map(|u| u.name.clone()).collect();
-        let (fast_path, fast_path_status) = match fastpath::wanted(&config.datapath, &datapath_type)
+        let (fast_path, fast_path_off) = match fastpath::wanted(&config.datapath, &datapath_type)
             .and_then(|()| FastPath::open(&config.datapath, &uplink_names))
         {
             Ok(fp) => {
-                let status = format!("on ({} XDP on the uplinks and sandbox ports)", fp.mode);
-                tracing::info!(status = %status, "eBPF fast path on");
-                (Some(std::sync::Mutex::new(fp)), status)
+                tracing::info!(status = %fp.status(), "eBPF fast path on");
+                (Some(std::sync::Mutex::new(fp)), String::new())
             }
             Err(why) => {
                 let removed = fastpath::remove_leftover_links(&config.datapath.bpf_dir);
@@ -188,7 +187,7 @@ impl Agent {
             gone_since: BTreeMap::new(),
             icmp_relay: icmp_relay::IcmpRelay::default(),
             fast_path,
-            fast_path_status,
+            fast_path_off,
         };
         agent.adopt_ports()?;
         agent.refresh();
@@ -430,6 +429,14 @@ impl Agent {
         );
     }
 
+    /// "on (…)" or "off: why", for `portiso status`: derived, so never stale after a failure.
+    pub fn fast_path_status(&self) -> String {
+        match &self.fast_path {
+            Some(lock) => lock.lock().unwrap_or_else(|p| p.into_inner()).status(),
+            None => self.fast_path_off.clone(),
+        }
+    }
+
     pub fn uplink(&self, name: &str) -> Option<&UplinkRuntime> {
         self.uplinks.iter().find(|u| u.config.name == name)
     }
@@ -472,7 +479,7 @@ mod tests {
             attachments: vec![attachment("a", 2), attachment("b", 3)],
             icmp_relay: Default::default(),
             fast_path: None,
-            fast_path_status: "off: test".into(),
+            fast_path_off: "off: test".into(),
         }
     }
 

@@ -47,7 +47,7 @@ impl Agent {
     /// said in `warnings`.
     pub fn describe(&self) -> NodeStatus {
         let mut warnings = Vec::new();
-        let mut fast_path = self.fast_path_status.clone();
+        let fast_path = self.fast_path_status();
         let mut fast_path_mode = None;
         // Counters by ifindex while the fast path runs.
         let mut fast = None;
@@ -59,8 +59,6 @@ impl Agent {
                     Ok(c) => fast = Some(c),
                     Err(e) => warnings.push(format!("cannot read the fast path's counters: {e:#}")),
                 }
-            } else {
-                fast_path = "off: turned off after a failure, OVS carries all traffic (the agent's log says why)".into();
             }
         }
         let fast_of = |ifindex: Option<u32>| {

@@ -150,6 +150,16 @@ impl FastPath {
         !self.off
     }
 
+    /// "on (…)" or, after a failure, "off: …", for the log and `portiso status`.
+    pub fn status(&self) -> String {
+        if self.off {
+            "off: turned off after a failure, OVS carries all traffic (the agent's log says why)"
+                .into()
+        } else {
+            format!("on ({} XDP on the uplinks and sandbox ports)", self.mode)
+        }
+    }
+
     pub fn counters(&mut self) -> anyhow::Result<BTreeMap<u32, Counters>> {
         self.kernel.counters()
     }
