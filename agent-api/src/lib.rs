@@ -15,7 +15,7 @@ pub const DEFAULT_SOCKET: &str = "/run/portiso/agent.sock";
 
 /// Which sandbox interface a request is about: CNI identifies an attachment by
 /// container id and interface name.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AttachmentKey {
     pub container_id: String,

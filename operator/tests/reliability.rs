@@ -80,6 +80,15 @@ fn a_restarted_ovs_vswitchd_gets_its_flows_and_address_back() {
     eprintln!("the bridge's address was back {outage:?} after it was removed");
     assert!(tb.agent_log().contains("lost the shared address"));
     check_steering(&tb);
+
+    // The agent diffs against what it installed, and notices by the flow count when OVS
+    // holds something else: a flow deleted by hand comes back.
+    tb.node_cmd("ovs-ofctl", &["del-flows", "br-up1", "table=10,arp"])
+        .unwrap();
+    assert_ne!(canonical_flows(&tb), before, "the test removed no flow");
+    let outage = wait_restored(&tb, &before, Instant::now());
+    eprintln!("flows deleted by hand were back after {outage:?}");
+    assert!(tb.agent_log().contains("differ from what the agent installed"));
 }
 
 #[test]

@@ -43,14 +43,15 @@ impl Agent {
         let u = self
             .uplink(&a.uplink)
             .expect("attachments only exist on known uplinks");
-        let owners = state::owners(&self.accepted, &self.attachments);
+        let owners = state::Owners::new(&self.accepted, &self.attachments);
         Attached {
             ifname: a.key.ifname.clone(),
             mac: u.mac.clone(),
             sandbox: a.netns.clone(),
             address: u.config.cidr(),
             gateway: u.config.gateway.map(|g| g.to_string()),
-            ports: state::ports_of(&self.accepted, &owners, a)
+            ports: owners
+                .ports_of(a)
                 .iter()
                 .map(|(p, s, e)| format!("{p} {s}-{e}"))
                 .collect(),
@@ -58,6 +59,7 @@ impl Agent {
     }
 
     fn add(&mut self, r: &AttachRequest) -> Result<Attached, AgentError> {
+        let started = std::time::Instant::now();
         let uplink = self.known_uplink(&r.uplink)?.clone();
         if let Some(i) = self.find(&r.key) {
             // A repeated ADD for the same attachment: it is already there.
@@ -102,9 +104,9 @@ impl Agent {
                 details: if refused.is_empty() { String::new() } else { format!("refused PortRanges: {}", refused.join("; ")) },
             });
         }
-        let owners = state::owners(&self.accepted, &self.attachments);
+        let owners = state::Owners::new(&self.accepted, &self.attachments);
         for pr in &selecting {
-            if let Some(holder) = owners.get(&(r.uplink.clone(), ObjectKey::of(pr))) {
+            if let Some(holder) = owners.holder(&r.uplink, &ObjectKey::of(pr)) {
                 return Err(AgentError::new(
                     code::INTERNAL,
                     format!(
@@ -123,6 +125,7 @@ impl Agent {
             .collect();
         let host_if = link::host_if_name(&r.key.container_id, &r.key.ifname);
         let cidr = uplink.config.cidr();
+        let checked = started.elapsed();
         link::create(&SandboxLink {
             host_if: &host_if,
             netns: &r.netns,
@@ -161,6 +164,7 @@ impl Agent {
                 ),
             )
         };
+        let linked = started.elapsed();
         let kind = ovsdb::PortKind {
             ovs_type: self.port_type.ovs_type().into(),
             n_rxq: link::rx_queues(&host_if),
@@ -176,6 +180,7 @@ impl Agent {
             let _ = ovsdb::del_port(self.ovs.as_ref(), &uplink.config.bridge, &host_if);
             undo_link(e.to_string())
         })?;
+        let ported = started.elapsed();
         let attachment = Attachment {
             key: r.key.clone(),
             uplink: r.uplink.clone(),
@@ -195,7 +200,11 @@ impl Agent {
             let _ = self.reconcile(&uplink);
             return Err(undo_link(e.to_string()));
         }
-        tracing::info!(%sandbox, uplink = %r.uplink, port = %host_if, ofport, "sandbox attached");
+        // Where an ADD's time goes, in milliseconds since the request was taken up.
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        tracing::info!(%sandbox, uplink = %r.uplink, port = %host_if, ofport,
+            checked_ms = ms(checked), linked_ms = ms(linked), ported_ms = ms(ported), total_ms = ms(started.elapsed()),
+            "sandbox attached");
         Ok(self.attached(&attachment))
     }
 

@@ -65,7 +65,18 @@ pub struct Agent {
     gone_since: BTreeMap<portiso_agent_api::AttachmentKey, std::time::Instant>,
     /// Who owns which ports on each bridge, for the ICMP error slow path.
     icmp_relay: icmp_relay::IcmpRelay,
+    /// The cookies each bridge holds since the agent's last successful bundle (sorted), so
+    /// that a reconcile diffs against memory instead of dumping every flow from OVS; dropped
+    /// whenever that may no longer be true (a failed bundle, a flow count OVS disagrees
+    /// with, the periodic full resync).
+    installed: std::sync::Mutex<BTreeMap<String, Vec<u64>>>,
+    /// When OVS was last re-read in full (ports, numbers, every flow).
+    last_full_resync: std::time::Instant,
 }
+
+/// How often the agent re-reads OVS in full even when its flow counts look right: catches
+/// flows someone else replaced with as many of their own.
+const FULL_RESYNC: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentStartError {
@@ -188,6 +199,8 @@ impl Agent {
             icmp_relay: icmp_relay::IcmpRelay::default(),
             fast_path,
             fast_path_off,
+            installed: Default::default(),
+            last_full_resync: std::time::Instant::now(),
         };
         agent.adopt_ports()?;
         agent.refresh();
@@ -198,7 +211,8 @@ impl Agent {
     /// Rebuilds the attachments from the sandbox ports recorded in OVSDB.
     fn adopt_ports(&mut self) -> Result<(), ovs::OvsError> {
         for u in &self.uplinks {
-            for p in ovsdb::list_sandbox_ports(self.ovs.as_ref(), &u.config.bridge)? {
+            for p in ovsdb::list_sandbox_ports(self.ovs.as_ref(), &u.config.name, &u.config.bridge)?
+            {
                 let id = |k: &str| p.external_ids.get(k).cloned().unwrap_or_default();
                 let (ns, name) = id(ovsdb::EXT_SANDBOX)
                     .split_once('/')
@@ -277,9 +291,48 @@ impl Agent {
 
     /// Brings OVS back in line when OVS itself changed under the agent: a restarted
     /// ovs-vswitchd comes back with the ports of its database but no flows, possibly other
-    /// port numbers, and a new internal bridge port without the shared address. When nothing
-    /// changed this costs one port listing and one flow dump per bridge and writes nothing.
+    /// port numbers, and a new internal bridge port without the shared address.
+    ///
+    /// Cheap when nothing changed, however many sandboxes there are: a netlink read of each
+    /// bridge's address and one flow count per bridge. Only a count that differs from what
+    /// the agent installed (or every [`FULL_RESYNC`]) re-reads the ports and every flow.
     pub fn resync(&mut self) -> Result<(), ovs::OvsError> {
+        for u in &self.uplinks {
+            let bridge = &u.config.bridge;
+            if link::ipv4_cidr(bridge).is_none() {
+                tracing::warn!(%bridge, address = %u.config.cidr(), "bridge lost the shared address (OVS re-created it): restored");
+                link::move_address(&u.config.name, bridge, &u.config.cidr())?;
+                if let Some(gw) = &u.host_gateway {
+                    link::restore_default_route(bridge, gw)?;
+                }
+            }
+        }
+        if self.last_full_resync.elapsed() < FULL_RESYNC && self.flow_counts_match()? {
+            return Ok(());
+        }
+        self.resync_in_full()
+    }
+
+    /// Whether every bridge holds as many flows as the agent last installed there.
+    fn flow_counts_match(&self) -> Result<bool, ovs::OvsError> {
+        for u in &self.uplinks {
+            let bridge = &u.config.bridge;
+            let known = self.installed_cookies(bridge).map(|c| c.len());
+            let count = self.ovs.flow_count(bridge)?;
+            if known != Some(count) {
+                if known.is_some() {
+                    tracing::warn!(%bridge, installed = ?known, found = count, "bridge's flows differ from what the agent installed (OVS restarted?): re-reading OVS");
+                }
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Re-reads port numbers and every flow from OVS, then reconciles.
+    fn resync_in_full(&mut self) -> Result<(), ovs::OvsError> {
+        self.installed_cache().clear();
+        let mut all_numbered = true;
         for i in 0..self.uplinks.len() {
             let (name, bridge) = (
                 self.uplinks[i].config.name.clone(),
@@ -290,24 +343,36 @@ impl Agent {
                 tracing::warn!(uplink = %name, old = self.uplinks[i].uplink_ofport, new = ofport, "uplink's OVS port number changed (OVS restarted?)");
                 self.uplinks[i].uplink_ofport = ofport;
             }
-            for p in ovsdb::list_sandbox_ports(self.ovs.as_ref(), &bridge)? {
-                for a in self.attachments.iter_mut().filter(|a| a.host_if == p.name) {
-                    if a.ofport != p.ofport {
+            let ports = ovsdb::list_sandbox_ports(self.ovs.as_ref(), &name, &bridge)?;
+            for a in self.attachments.iter_mut().filter(|a| a.uplink == name) {
+                match ports.iter().find(|p| p.name == a.host_if) {
+                    Some(p) if p.ofport != a.ofport => {
                         tracing::warn!(sandbox = %a.sandbox(), old = a.ofport, new = p.ofport, "sandbox's OVS port number changed (OVS restarted?)");
                         a.ofport = p.ofport;
                     }
-                }
-            }
-            if link::ipv4_cidr(&bridge).is_none() {
-                let u = &self.uplinks[i];
-                tracing::warn!(%bridge, address = %u.config.cidr(), "bridge lost the shared address (OVS re-created it): restored");
-                link::move_address(&name, &bridge, &u.config.cidr())?;
-                if let Some(gw) = &u.host_gateway {
-                    link::restore_default_route(&bridge, gw)?;
+                    Some(_) => {}
+                    // Not numbered yet: OVS is still opening it.
+                    None => all_numbered = false,
                 }
             }
         }
-        self.reconcile_all()
+        self.reconcile_all()?;
+        if all_numbered {
+            self.last_full_resync = std::time::Instant::now();
+        } else {
+            // Forget what was installed, so that the next poll re-reads OVS in full.
+            self.installed_cache().clear();
+        }
+        Ok(())
+    }
+
+    fn installed_cache(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<u64>>> {
+        self.installed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cookies the agent last installed on `bridge`, if it still trusts that knowledge.
+    fn installed_cookies(&self, bridge: &str) -> Option<Vec<u64>> {
+        self.installed_cache().get(bridge).cloned()
     }
 
     /// After a refresh: flows first (the sandbox's new ports must be reachable before its
@@ -320,11 +385,11 @@ impl Agent {
 
     /// Keeps each sandbox's ip_local_port_range inside the ports it owns now.
     fn update_local_ports(&mut self) {
-        let owners = state::owners(&self.accepted, &self.attachments);
+        let owners = state::Owners::new(&self.accepted, &self.attachments);
         let wanted: Vec<Option<(u16, u16)>> = self
             .attachments
             .iter()
-            .map(|a| state::local_port_range(&state::ports_of(&self.accepted, &owners, a)))
+            .map(|a| state::local_port_range(&owners.ports_of(a)))
             .collect();
         for (a, want) in self.attachments.iter_mut().zip(wanted) {
             if want.is_some() && want != a.local_ports {
@@ -349,7 +414,11 @@ impl Agent {
             &self.attachments,
         );
         let desired = compile_bridge(&bridge_state);
-        let installed = self.ovs.installed_cookies(&uplink.config.bridge)?;
+        let bridge = &uplink.config.bridge;
+        let installed = match self.installed_cookies(bridge) {
+            Some(known) => known,
+            None => self.ovs.installed_cookies(bridge)?,
+        };
         let d = diff(&desired, &installed);
         if !d.is_empty() {
             tracing::info!(bridge = %uplink.config.bridge, add = d.add.len(), delete = d.delete.len(), "flows updated");
@@ -366,7 +435,14 @@ impl Agent {
             FastPath::compile(&bridge_state, uplink.ifindex, &host_ifs)
         });
         self.fast_path_step(uplink, fast_maps.as_ref(), FastPath::before_flows);
-        self.ovs.apply(&uplink.config.bridge, &d)?;
+        if let Err(e) = self.ovs.apply(bridge, &d) {
+            self.installed_cache().remove(bridge);
+            return Err(e);
+        }
+        let mut now_installed = desired.cookies();
+        now_installed.sort_unstable();
+        now_installed.dedup();
+        self.installed_cache().insert(bridge.clone(), now_installed);
         self.fast_path_step(uplink, fast_maps.as_ref(), FastPath::after_flows);
         self.report_programmed();
         // ICMP errors follow the same ports as the flows now installed.
@@ -413,11 +489,11 @@ impl Agent {
 
     /// Tells the source for how many sandboxes each PortRange is programmed on this node.
     fn report_programmed(&self) {
-        let owners = state::owners(&self.accepted, &self.attachments);
+        let owners = state::Owners::new(&self.accepted, &self.attachments);
         let mut sandboxes: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
-        for ((_, range), a) in &owners {
+        for (range, a) in owners.pairs() {
             sandboxes
-                .entry(range.to_string())
+                .entry(ObjectKey::of(range).to_string())
                 .or_default()
                 .insert(a.sandbox());
         }
@@ -480,6 +556,8 @@ mod tests {
             icmp_relay: Default::default(),
             fast_path: None,
             fast_path_off: "off: test".into(),
+            installed: Default::default(),
+            last_full_resync: std::time::Instant::now(),
         }
     }
 

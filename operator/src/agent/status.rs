@@ -66,7 +66,7 @@ impl Agent {
             Some(counters(&all.get(&ifindex?).copied().unwrap_or_default()))
         };
 
-        let owners = state::owners(&self.accepted, &self.attachments);
+        let owners = state::Owners::new(&self.accepted, &self.attachments);
         let mut uplinks = Vec::new();
         let mut sandboxes = Vec::new();
         for u in &self.uplinks {
@@ -82,14 +82,8 @@ impl Agent {
                 .collect();
             attached.sort_by_key(|a| a.ofport);
             for a in attached {
-                let ranges = self
-                    .accepted
-                    .iter()
-                    .filter(|r| {
-                        owners
-                            .get(&(a.uplink.clone(), ObjectKey::of(r)))
-                            .is_some_and(|h| h.key == a.key)
-                    })
+                let ranges = owners
+                    .held_by(a)
                     .map(|r| HeldRange {
                         range: ObjectKey::of(r).to_string(),
                         ports: owned_spans(r)

@@ -239,6 +239,11 @@ pub struct FlowTable {
 }
 
 impl FlowTable {
+    /// Every flow's cookie, in table order.
+    pub fn cookies(&self) -> Vec<u64> {
+        self.flows.iter().map(|f| f.cookie()).collect()
+    }
+
     pub fn new(flows: Vec<Flow>) -> Self {
         let text = flows
             .iter()
@@ -417,7 +422,7 @@ impl FlowDiff {
 pub fn diff(desired: &FlowTable, installed: &[u64]) -> FlowDiff {
     // Each cookie hashes the flow's whole text, so it is computed once per flow; sorted
     // vectors and binary search do the set work.
-    let cookies: Vec<u64> = desired.flows.iter().map(|f| f.cookie()).collect();
+    let cookies = desired.cookies();
     let mut wanted = cookies.clone();
     wanted.sort_unstable();
     let mut installed = installed.to_vec();

@@ -188,56 +188,75 @@ pub struct OvsPort {
     pub external_ids: BTreeMap<String, String>,
 }
 
-/// Every port on the bridge that the agent attached for a sandbox.
-pub fn list_sandbox_ports(ovs: &dyn OvsExec, bridge: &str) -> Result<Vec<OvsPort>, OvsError> {
-    let names = ovs.vsctl(&["list-ports", bridge])?;
-    let mut out = Vec::new();
-    for name in names.lines().map(str::trim).filter(|n| !n.is_empty()) {
-        let json = ovs.vsctl(&[
-            "--format=json",
-            "--columns=ofport,type,external_ids",
-            "list",
-            "Interface",
-            name,
-        ])?;
-        let Some((ofport, iface_type, ids)) = parse_interface_row(&json) else {
-            continue;
-        };
-        if ids.get(EXT_ROLE).map(String::as_str) == Some("sandbox") && ofport > 0 {
-            out.push(OvsPort {
-                name: name.to_string(),
-                bridge: bridge.to_string(),
-                ofport: ofport as u32,
-                iface_type,
-                external_ids: ids,
-            });
-        }
-    }
-    Ok(out)
+/// Every port the agent attached for a sandbox of `uplink` (bridge `bridge`), in one
+/// `ovs-vsctl` call: each call reads the whole Interface table, so one call per port would make
+/// a resync cost seconds with a thousand sandboxes.
+pub fn list_sandbox_ports(
+    ovs: &dyn OvsExec,
+    uplink: &str,
+    bridge: &str,
+) -> Result<Vec<OvsPort>, OvsError> {
+    let json = ovs.vsctl(&[
+        "--format=json",
+        "--columns=name,ofport,type,external_ids",
+        "find",
+        "Interface",
+        &format!("external_ids:{EXT_ROLE}=sandbox"),
+    ])?;
+    Ok(parse_interface_rows(&json)
+        .into_iter()
+        .filter(|r| r.ofport > 0 && r.ids.get(EXT_UPLINK).map(String::as_str) == Some(uplink))
+        .map(|r| OvsPort {
+            name: r.name,
+            bridge: bridge.to_string(),
+            ofport: r.ofport as u32,
+            iface_type: r.iface_type,
+            external_ids: r.ids,
+        })
+        .collect())
 }
 
-/// Reads `{"data":[[ofport, type, ["map", [[k, v], ...]]]], ...}` as ovs-vsctl --format=json
-/// prints it.
-fn parse_interface_row(json: &str) -> Option<(i64, String, BTreeMap<String, String>)> {
-    let v: serde_json::Value = serde_json::from_str(json).ok()?;
-    let row = v.get("data")?.get(0)?;
-    let ofport = row.get(0)?.as_i64().unwrap_or(-1);
-    let iface_type = match row.get(1)?.as_str()? {
-        "" => "system",
-        t => t,
-    }
-    .to_string();
-    let pairs = row.get(2)?.get(1)?.as_array()?;
-    let ids = pairs
-        .iter()
-        .filter_map(|p| {
-            Some((
-                p.get(0)?.as_str()?.to_string(),
-                p.get(1)?.as_str()?.to_string(),
-            ))
+struct InterfaceRow {
+    name: String,
+    ofport: i64,
+    iface_type: String,
+    ids: BTreeMap<String, String>,
+}
+
+/// Reads `{"data":[[name, ofport, type, ["map", [[k, v], ...]]], ...], ...}` as
+/// `ovs-vsctl --format=json --columns=name,ofport,type,external_ids` prints it; an ofport not
+/// yet assigned (`["set",[]]`) reads as -1.
+fn parse_interface_rows(json: &str) -> Vec<InterfaceRow> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    let Some(rows) = v.get("data").and_then(|d| d.as_array()) else {
+        return Vec::new();
+    };
+    rows.iter()
+        .filter_map(|row| {
+            let iface_type = match row.get(2)?.as_str()? {
+                "" => "system",
+                t => t,
+            }
+            .to_string();
+            let pairs = row.get(3)?.get(1)?.as_array()?;
+            Some(InterfaceRow {
+                name: row.get(0)?.as_str()?.to_string(),
+                ofport: row.get(1)?.as_i64().unwrap_or(-1),
+                iface_type,
+                ids: pairs
+                    .iter()
+                    .filter_map(|p| {
+                        Some((
+                            p.get(0)?.as_str()?.to_string(),
+                            p.get(1)?.as_str()?.to_string(),
+                        ))
+                    })
+                    .collect(),
+            })
         })
-        .collect();
-    Some((ofport, iface_type, ids))
+        .collect()
 }
 
 /// Adds a sandbox's host-side interface to the bridge as a port of kind `port`, recording who
@@ -286,15 +305,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_an_interface_row() {
-        let json = r#"{"data":[[3,"afxdp-nonpmd",["map",[["portiso-role","sandbox"],["portiso-ifname","eth0"]]]]],"headings":["ofport","type","external_ids"]}"#;
-        let (ofport, kind, ids) = parse_interface_row(json).unwrap();
-        assert_eq!(ofport, 3);
-        assert_eq!(kind, "afxdp-nonpmd");
-        let json = r#"{"data":[[4,"",["map",[]]]],"headings":["ofport","type","external_ids"]}"#;
-        assert_eq!(parse_interface_row(json).unwrap().1, "system");
-        assert_eq!(ids["portiso-role"], "sandbox");
-        assert_eq!(ids["portiso-ifname"], "eth0");
+    fn reads_interface_rows() {
+        let json = r#"{"data":[["pi-a",3,"afxdp-nonpmd",["map",[["portiso-role","sandbox"],["portiso-ifname","eth0"]]]],["pi-b",["set",[]],"",["map",[]]]],"headings":["name","ofport","type","external_ids"]}"#;
+        let rows = parse_interface_rows(json);
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].name.as_str(), rows[0].ofport), ("pi-a", 3));
+        assert_eq!(rows[0].iface_type, "afxdp-nonpmd");
+        assert_eq!(rows[0].ids["portiso-role"], "sandbox");
+        assert_eq!(rows[0].ids["portiso-ifname"], "eth0");
+        assert_eq!(
+            (rows[1].ofport, rows[1].iface_type.as_str()),
+            (-1, "system")
+        );
+        assert!(parse_interface_rows("not json").is_empty());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `OvsExec` by running the real tools.
 
-use super::{parse_cookies, parse_flow_stats, OvsError, OvsExec};
+use super::{parse_cookies, parse_flow_count, parse_flow_stats, OvsError, OvsExec};
 use crate::exec::{run, run_with_stdin};
 use crate::flows::FlowDiff;
 
@@ -27,6 +27,15 @@ impl OvsExec for OvsCli {
             "ovs-ofctl",
             &["-O", "OpenFlow14", "dump-flows", bridge],
         )?))
+    }
+
+    fn flow_count(&self, bridge: &str) -> Result<usize, OvsError> {
+        let reply = run("ovs-ofctl", &["-O", "OpenFlow14", "dump-aggregate", bridge])?;
+        parse_flow_count(&reply).ok_or_else(|| OvsError {
+            argv: format!("ovs-ofctl -O OpenFlow14 dump-aggregate {bridge}"),
+            status: "no flow_count in the reply".into(),
+            stderr: reply,
+        })
     }
 
     fn apply(&self, bridge: &str, diff: &FlowDiff) -> Result<(), OvsError> {

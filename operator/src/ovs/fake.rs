@@ -43,6 +43,10 @@ impl OvsExec for FakeOvs {
             .collect())
     }
 
+    fn flow_count(&self, bridge: &str) -> Result<usize, OvsError> {
+        Ok(self.installed_cookies(bridge)?.len())
+    }
+
     fn apply(&self, bridge: &str, diff: &FlowDiff) -> Result<(), OvsError> {
         let mut cookies = self.cookies.lock().expect("lock");
         let installed = cookies.entry(bridge.to_string()).or_default();

@@ -27,6 +27,9 @@ pub trait OvsExec: Send {
     fn apply(&self, bridge: &str, diff: &FlowDiff) -> Result<(), OvsError>;
     /// Every flow on the bridge as (cookie, packets it matched), for `portiso status`.
     fn flow_stats(&self, bridge: &str) -> Result<Vec<(u64, u64)>, OvsError>;
+    /// How many flows the bridge has: one small OpenFlow reply however many there are, so
+    /// the agent's periodic check that OVS still holds its flows stays cheap.
+    fn flow_count(&self, bridge: &str) -> Result<usize, OvsError>;
 }
 
 /// Shared handles work too (tests keep one to inspect what the agent did).
@@ -42,6 +45,9 @@ impl<T: OvsExec + Sync> OvsExec for std::sync::Arc<T> {
     }
     fn flow_stats(&self, bridge: &str) -> Result<Vec<(u64, u64)>, OvsError> {
         (**self).flow_stats(bridge)
+    }
+    fn flow_count(&self, bridge: &str) -> Result<usize, OvsError> {
+        (**self).flow_count(bridge)
     }
 }
 
@@ -73,8 +79,23 @@ pub fn parse_flow_stats(dump: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Reads `flow_count=N` from `ovs-ofctl dump-aggregate` output.
+pub fn parse_flow_count(reply: &str) -> Option<usize> {
+    reply
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("flow_count="))
+        .and_then(|n| n.parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parses_the_flow_count_of_an_aggregate_reply() {
+        let reply = "OFPST_AGGREGATE reply (OF1.4) (xid=0x2): packet_count=0 byte_count=0 flow_count=10000\n";
+        assert_eq!(super::parse_flow_count(reply), Some(10000));
+        assert_eq!(super::parse_flow_count("garbage"), None);
+    }
+
     #[test]
     fn parses_packet_counts_from_a_dump() {
         let dump = "NXST_FLOW reply (xid=0x4):\n cookie=0x7012, duration=1.5s, table=20, n_packets=7, n_bytes=420, priority=10,in_port=2 actions=drop\n cookie=0x0, duration=2s, table=0, n_packets=0, n_bytes=0, actions=LOCAL\n";
