@@ -18,6 +18,11 @@ pub const PLUGIN_TYPE: &str = "portiso-cni";
 /// agent side, so be generous, but stay below typical runtime timeouts (kubelet: 4 minutes).
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 30;
 
+/// How long ADD waits for an agent that is down or still starting (a restart takes a few
+/// seconds) before it fails with code 11 ("try again later"), by default and at most.
+pub const DEFAULT_AGENT_WAIT_SECONDS: u64 = 10;
+pub const MAX_AGENT_WAIT_SECONDS: u64 = 300;
+
 /// The key CNI 1.1 runtimes use to pass the still-valid attachments to GC.
 pub const VALID_ATTACHMENTS: &str = "cni.dev/valid-attachments";
 
@@ -35,6 +40,8 @@ pub struct NetConf {
     pub uplink: String,
     pub agent_socket: PathBuf,
     pub timeout: Duration,
+    /// How long ADD keeps trying to reach an agent that is not listening (`agentWaitSeconds`).
+    pub agent_wait: Duration,
     /// Present only when the runtime passed `cni.dev/valid-attachments` (GC).
     pub valid_attachments: Option<Vec<AttachmentKey>>,
     /// A MAC the runtime asked for (runtimeConfig.mac), which portiso cannot give.
@@ -102,12 +109,17 @@ pub fn parse(map: &Map<String, Value>, cni_version: CniVersion) -> Result<NetCon
     let uplink = required_string(map, "uplink", "the name of a portiso uplink, e.g. \"eth1\"")?;
     let agent_socket = match optional(map, "agentSocket") {
         None => PathBuf::from(portiso_agent_api::DEFAULT_SOCKET),
-        Some(Value::String(s)) if s.starts_with('/') => PathBuf::from(s),
+        // A unix socket's address holds at most 107 bytes and no NUL; a path that cannot be
+        // one would fail every connect as "unreachable", which runtimes retry forever.
+        Some(Value::String(s)) if s.starts_with('/') && s.len() < 108 && !s.contains('\0') => {
+            PathBuf::from(s)
+        }
         // A relative path would resolve against the runtime's working directory, which is
         // never what was meant.
         Some(other) => {
             return Err(CniError::config(format!(
-                "network config field `agentSocket` must be an absolute path, got {}: \
+                "network config field `agentSocket` must be an absolute path of at most 107 \
+                 bytes without NUL (a unix socket's address), got {}: \
                  remove it to use {} or set it to the agent's socket path",
                 shown(other),
                 portiso_agent_api::DEFAULT_SOCKET
@@ -122,6 +134,20 @@ pub fn parse(map: &Map<String, Value>, cni_version: CniVersion) -> Result<NetCon
                 return Err(CniError::config(format!(
                     "network config field `timeoutSeconds` must be a positive whole number, \
                      got {}: remove it to use {DEFAULT_TIMEOUT_SECONDS} or set e.g. 30",
+                    shown(v)
+                )))
+            }
+        },
+    };
+    let agent_wait = match optional(map, "agentWaitSeconds") {
+        None => Duration::from_secs(DEFAULT_AGENT_WAIT_SECONDS),
+        Some(v) => match v.as_u64().filter(|s| *s <= MAX_AGENT_WAIT_SECONDS) {
+            Some(secs) => Duration::from_secs(secs),
+            None => {
+                return Err(CniError::config(format!(
+                    "network config field `agentWaitSeconds` must be a whole number from 0 to \
+                     {MAX_AGENT_WAIT_SECONDS}, got {}: remove it to use \
+                     {DEFAULT_AGENT_WAIT_SECONDS} or set e.g. 10 (0: fail at once)",
                     shown(v)
                 )))
             }
@@ -158,6 +184,7 @@ pub fn parse(map: &Map<String, Value>, cni_version: CniVersion) -> Result<NetCon
         uplink,
         agent_socket,
         timeout,
+        agent_wait,
         valid_attachments,
         requested_mac,
     })
@@ -268,6 +295,10 @@ mod tests {
             PathBuf::from(portiso_agent_api::DEFAULT_SOCKET)
         );
         assert_eq!(c.timeout, Duration::from_secs(DEFAULT_TIMEOUT_SECONDS));
+        assert_eq!(
+            c.agent_wait,
+            Duration::from_secs(DEFAULT_AGENT_WAIT_SECONDS)
+        );
         assert_eq!(c.valid_attachments, None);
     }
 
@@ -280,10 +311,12 @@ mod tests {
         v["somethingNew"] = json!([1, 2]);
         v["agentSocket"] = json!("/tmp/a.sock");
         v["timeoutSeconds"] = json!(5);
+        v["agentWaitSeconds"] = json!(0);
         v["ipam"] = json!({});
         let c = conf(v).unwrap();
         assert_eq!(c.agent_socket, PathBuf::from("/tmp/a.sock"));
         assert_eq!(c.timeout, Duration::from_secs(5));
+        assert_eq!(c.agent_wait, Duration::ZERO);
     }
 
     #[test]
@@ -324,6 +357,26 @@ mod tests {
                 with("timeoutSeconds", json!("30")),
                 7,
                 &["`timeoutSeconds`"],
+            ),
+            (
+                with("agentWaitSeconds", json!(-1)),
+                7,
+                &["`agentWaitSeconds`", "got -1", "0 to 300"],
+            ),
+            (
+                with("agentWaitSeconds", json!(2.5)),
+                7,
+                &["`agentWaitSeconds`", "got 2.5"],
+            ),
+            (
+                with("agentWaitSeconds", json!(301)),
+                7,
+                &["`agentWaitSeconds`", "got 301"],
+            ),
+            (
+                with("agentWaitSeconds", json!("10")),
+                7,
+                &["`agentWaitSeconds`"],
             ),
             (with("ipam", json!({"type": "host-local"})), 2, &["`ipam`"]),
             (

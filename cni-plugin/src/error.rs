@@ -80,9 +80,18 @@ impl std::error::Error for CniError {}
 /// The agent already speaks CNI error codes, so its errors pass through unchanged.
 impl From<AgentError> for CniError {
     fn from(e: AgentError) -> Self {
+        // The spec requires a msg; an agent of another version might send none.
+        let msg = if e.msg.trim().is_empty() {
+            format!(
+                "the portiso agent reported error {} without a message",
+                e.code
+            )
+        } else {
+            e.msg
+        };
         Self {
             code: e.code,
-            msg: e.msg,
+            msg,
             details: e.details,
         }
     }

@@ -398,20 +398,72 @@ fn agent_errors_pass_through_unchanged() {
 }
 
 #[test]
-fn unreachable_agent_is_11_or_50_for_status() {
+fn unreachable_agent_is_11_or_50_for_status_and_del_succeeds() {
     let socket = dead_socket();
     let mut conf = config("1.1.0", &socket);
     conf["cni.dev/valid-attachments"] = json!([]);
-    for (verb, code) in [
-        ("ADD", 11),
-        ("CHECK", 11),
-        ("DEL", 11),
-        ("GC", 11),
-        ("STATUS", 50),
-    ] {
+    conf["agentWaitSeconds"] = json!(1);
+    for (verb, code) in [("ADD", 11), ("CHECK", 11), ("GC", 11), ("STATUS", 50)] {
+        let started = std::time::Instant::now();
         let out = run(&env_for(verb), &conf.to_string());
+        let took = started.elapsed();
         out.assert_error(code, &[socket.to_str().unwrap_or_default(), "may be down"]);
+        // Only ADD waits for the agent, and no longer than agentWaitSeconds.
+        if verb == "ADD" {
+            assert!(
+                took >= std::time::Duration::from_secs(1)
+                    && took < std::time::Duration::from_secs(3),
+                "{took:?}"
+            );
+            out.assert_error(code, &["waited 1 s", "agentWaitSeconds"]);
+        } else {
+            assert!(took < std::time::Duration::from_secs(1), "{verb}: {took:?}");
+        }
     }
+    // DEL with no agent removes the veth itself (there is none here) and succeeds.
+    run(&env_for("DEL"), &conf.to_string()).assert_silent_success();
+    run(&without(env_for("DEL"), "CNI_NETNS"), &conf.to_string()).assert_silent_success();
+}
+
+/// ADD keeps trying while the socket is missing or refuses (an agent restarting), and gets
+/// through once the agent listens.
+#[test]
+fn add_waits_for_an_agent_that_comes_up() {
+    let dir = crate::fake_agent::temp_dir("late-agent");
+    let socket = dir.join("agent.sock");
+    // A socket file nobody listens on, as a killed agent leaves it: connections are refused.
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
+    let late = {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(700));
+            let _ = std::fs::remove_file(&socket);
+            let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+            let (stream, _) = listener.accept().expect("accept");
+            let mut reader = std::io::BufReader::new(stream);
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut reader, &mut line).expect("read");
+            let request: Request = serde_json::from_str(&line).expect("request");
+            let mut answer = serde_json::to_vec(&Response::Attached(attached())).unwrap();
+            answer.push(b'\n');
+            std::io::Write::write_all(reader.get_mut(), &answer).expect("answer");
+            request
+        })
+    };
+    let mut conf = config("1.0.0", &socket);
+    conf["agentWaitSeconds"] = json!(5);
+    let started = std::time::Instant::now();
+    let out = run(&env_for("ADD"), &conf.to_string());
+    assert_eq!(out.exit, 0, "{}", out.stdout);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(700));
+    assert!(matches!(late.join().unwrap(), Request::Add(_)));
+    // Refused and agentWaitSeconds 0: fails at once.
+    let mut conf = config("1.0.0", &socket);
+    conf["agentWaitSeconds"] = json!(0);
+    let started = std::time::Instant::now();
+    run(&env_for("ADD"), &conf.to_string()).assert_error(11, &["may be down"]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

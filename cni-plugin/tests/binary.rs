@@ -90,14 +90,26 @@ fn add_then_del_through_the_binary() {
         "{requests:?}"
     );
 
-    // With the agent gone, DEL must ask the runtime to retry rather than fail for good.
+    // With the agent gone, DEL removes the sandbox's veth itself (none here) and succeeds, so
+    // that pods can be removed from a node whose agent is down; ADD waits agentWaitSeconds,
+    // then asks the runtime to try again later (code 11), naming the socket.
     let dead = agent.dir.join("no-such-dir").join("agent.sock");
     let mut dead_conf = parse(&conf);
     dead_conf["agentSocket"] = json!(dead);
+    dead_conf["agentWaitSeconds"] = json!(1);
     let (exit, stdout) = run_binary(&env("DEL"), &dead_conf.to_string());
+    assert_eq!((exit, stdout.as_str()), (0, ""));
+    let (exit, stdout) = run_binary(&env("ADD"), &dead_conf.to_string());
     assert_eq!(exit, 1);
     let err = parse(&stdout);
     assert_eq!(err["code"], 11, "{err}");
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&dead.display().to_string()),
+        "{err}"
+    );
     assert_eq!(err["cniVersion"], "0.4.0");
 }
 

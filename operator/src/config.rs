@@ -117,14 +117,15 @@ struct RawDatapath {
     bpf_dir: Option<PathBuf>,
 }
 
-/// `datapath: auto|system|netdev` or `datapath: {type, userspacePorts, fastPath}`.
-fn parse_datapath(v: Option<serde_yaml::Value>) -> Result<DatapathConfig, String> {
+/// `datapath: auto|system|netdev` or `datapath: {type, userspacePorts, fastPath}`. Errors are
+/// (field, problem).
+fn parse_datapath(v: Option<serde_yaml::Value>) -> Result<DatapathConfig, (String, String)> {
     let Some(v) = v else {
         return Ok(DatapathConfig::default());
     };
     let raw: RawDatapath = if v.is_string() {
         let kind = serde_yaml::from_value(v).map_err(|e| {
-            format!("{e}: write one of auto, system, netdev, or the full form {{type: auto, userspacePorts: auto, fastPath: auto}}")
+            ("datapath".to_string(), format!("{e}: write one of auto, system, netdev, or the full form {{type: auto, userspacePorts: auto, fastPath: auto}}"))
         })?;
         RawDatapath {
             kind,
@@ -133,8 +134,9 @@ fn parse_datapath(v: Option<serde_yaml::Value>) -> Result<DatapathConfig, String
             bpf_dir: None,
         }
     } else {
-        serde_yaml::from_value(v).map_err(|e| {
-            format!("{e} (the full form is {{type: auto|system|netdev, userspacePorts: auto|system|afxdp|afxdp-nonpmd, fastPath: auto|on|off, bpfDir: {DEFAULT_BPF_DIR}}})")
+        serde_yaml::from_value(v.clone()).map_err(|e| {
+            let field = datapath_key_at_fault(&v).map_or("datapath".to_string(), |k| format!("datapath.{k}"));
+            (field, format!("{e} (the full form is {{type: auto|system|netdev, userspacePorts: auto|system|afxdp|afxdp-nonpmd, fastPath: auto|on|off, bpfDir: {DEFAULT_BPF_DIR}}})"))
         })?
     };
     Ok(DatapathConfig {
@@ -144,6 +146,29 @@ fn parse_datapath(v: Option<serde_yaml::Value>) -> Result<DatapathConfig, String
         bpf_dir: raw
             .bpf_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_BPF_DIR)),
+    })
+}
+
+/// The key of a full-form `datapath` that does not read (serde_yaml's errors from a `Value`
+/// carry no path): an unknown one, or one whose value is not of its kind.
+fn datapath_key_at_fault(v: &serde_yaml::Value) -> Option<String> {
+    use serde_yaml::from_value;
+    v.as_mapping()?.iter().find_map(|(key, value)| {
+        let value = value.clone();
+        let ok = match key.as_str() {
+            Some("type") => from_value::<DatapathChoice>(value).is_ok(),
+            Some("userspacePorts") => from_value::<PortTypeChoice>(value).is_ok(),
+            Some("fastPath") => from_value::<FastPathChoice>(value).is_ok(),
+            Some("bpfDir") => from_value::<Option<PathBuf>>(value).is_ok(),
+            _ => false,
+        };
+        (!ok).then(|| match key.as_str() {
+            Some(k) => k.to_string(),
+            None => serde_yaml::to_string(key)
+                .unwrap_or_default()
+                .trim_end()
+                .to_string(),
+        })
     })
 }
 
@@ -167,6 +192,7 @@ struct RawConfig {
     socket: Option<PathBuf>,
     datapath: Option<serde_yaml::Value>,
     gc_grace_seconds: Option<u64>,
+    metrics_address: Option<String>,
 }
 
 /// One uplink: a NIC, the bridge built around it, and the address the host and its
@@ -200,6 +226,8 @@ pub struct AgentConfig {
     /// How long a sandbox must be gone (cluster mode: its pod deleted) before the agent removes
     /// its port and flows.
     pub gc_grace: std::time::Duration,
+    /// Where the agent serves Prometheus metrics (plain HTTP); None: it does not.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -213,6 +241,12 @@ impl AgentConfig {
 
     /// Parses and validates a config document; `path` only names it in errors.
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
+        if let Some(detail) = crate::model::parse::nesting_problem(text) {
+            return Err(ConfigError::Parse {
+                path: path.into(),
+                detail,
+            });
+        }
         let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.into(),
             detail: e.to_string(),
@@ -233,11 +267,26 @@ impl AgentConfig {
         for (i, u) in raw.uplinks.iter().enumerate() {
             uplinks.push(parse_uplink(u, i).map_err(|(f, p)| invalid(f, p))?);
         }
+        // Which uplink each NIC or bridge name belongs to (a map: configs are machine-written
+        // too, and a pairwise check is quadratic).
+        let mut owner: std::collections::HashMap<&str, usize> = Default::default();
         for (i, u) in uplinks.iter().enumerate() {
-            if let Some(j) = uplinks[..i]
+            if u.bridge == u.name {
+                return Err(invalid(
+                    format!("uplinks[{i}].bridge"),
+                    format!(
+                        "{:?} is the uplink's own NIC: give the bridge another name, or leave `bridge` out",
+                        u.bridge
+                    ),
+                ));
+            }
+            // NICs and bridges are all network devices: no name may stand for two of them.
+            let clash = [&u.name, &u.bridge]
                 .iter()
-                .position(|o| o.name == u.name || o.bridge == u.bridge)
-            {
+                .find_map(|n| owner.get(n.as_str()).copied());
+            owner.insert(&u.name, i);
+            owner.insert(&u.bridge, i);
+            if let Some(j) = clash {
                 return Err(invalid(
                     format!("uplinks[{i}]"),
                     format!(
@@ -262,8 +311,14 @@ impl AgentConfig {
             socket: raw
                 .socket
                 .unwrap_or_else(|| PathBuf::from(portiso_agent_api::DEFAULT_SOCKET)),
-            datapath: parse_datapath(raw.datapath).map_err(|p| invalid("datapath".into(), p))?,
+            datapath: parse_datapath(raw.datapath).map_err(|(f, p)| invalid(f, p))?,
             gc_grace: std::time::Duration::from_secs(raw.gc_grace_seconds.unwrap_or(30)),
+            metrics_address: raw
+                .metrics_address
+                .as_deref()
+                .map(parse_metrics_address)
+                .transpose()
+                .map_err(|p| invalid("metricsAddress".into(), p))?,
         })
     }
 
@@ -274,11 +329,14 @@ impl AgentConfig {
 
 fn parse_uplink(u: &RawUplink, i: usize) -> Result<UplinkConfig, (String, String)> {
     let field = |f: &str| format!("uplinks[{i}].{f}");
-    // Linux interface names are at most 15 bytes and cannot hold '/' or whitespace.
+    // What the kernel takes as an interface name (dev_valid_name): 1-15 bytes, not "." or
+    // "..", no '/', ':', NUL or whitespace.
     let ifname_ok = |n: &str| {
         !n.is_empty()
             && n.len() <= 15
-            && !n.contains(['/', ' ', '\t', '\n'])
+            && !n
+                .chars()
+                .any(|c| matches!(c, '/' | ':' | '\0') || c.is_whitespace())
             && n != "."
             && n != ".."
     };
@@ -286,20 +344,25 @@ fn parse_uplink(u: &RawUplink, i: usize) -> Result<UplinkConfig, (String, String
         return Err((
             field("name"),
             format!(
-                "{:?} is not a network interface name (1-15 characters, no '/' or spaces)",
+                "{:?} is not a network interface name (1-15 bytes, no '/', ':', NUL or whitespace)",
                 u.name
             ),
         ));
     }
     let bridge = u.bridge.clone().unwrap_or_else(|| {
         let mut b = format!("br-{}", u.name);
-        b.truncate(15);
+        // At most 15 bytes, cut between characters (a name may hold multi-byte ones).
+        let mut end = b.len().min(15);
+        while !b.is_char_boundary(end) {
+            end -= 1;
+        }
+        b.truncate(end);
         b
     });
     if !ifname_ok(&bridge) {
         return Err((
             field("bridge"),
-            format!("{bridge:?} is not a bridge name (1-15 characters, no '/' or spaces)"),
+            format!("{bridge:?} is not a bridge name (1-15 bytes, no '/', ':', NUL or whitespace)"),
         ));
     }
     let (address, prefix_len) = match &u.address {
@@ -323,6 +386,19 @@ fn parse_uplink(u: &RawUplink, i: usize) -> Result<UplinkConfig, (String, String
         gateway,
         address_from_nic: u.address.is_none(),
     })
+}
+
+/// Parses `metricsAddress`: an address and a port a scraper can be pointed at.
+pub fn parse_metrics_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    let addr: std::net::SocketAddr = text.trim().parse().map_err(|_| {
+        format!("{text:?} is not an address and port: write e.g. 127.0.0.1:9465, or 0.0.0.0:9465 to serve on every interface")
+    })?;
+    if addr.port() == 0 {
+        return Err(format!(
+            "{text:?} has port 0, which no scraper could find: give a fixed port, e.g. 9465"
+        ));
+    }
+    Ok(addr)
 }
 
 /// Parses ADDRESS/PREFIX.
@@ -364,6 +440,12 @@ impl AgentConfig {
         path: &str,
         node_labels: &std::collections::BTreeMap<String, String>,
     ) -> Result<Option<usize>, ConfigError> {
+        if let Some(detail) = crate::model::parse::nesting_problem(text) {
+            return Err(ConfigError::Parse {
+                path: path.into(),
+                detail,
+            });
+        }
         let raw: RawOverrides = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.into(),
             detail: e.to_string(),
@@ -540,5 +622,29 @@ socket: /run/portiso/agent.sock
         assert!(e.contains("uplinks[0].name"), "{e}");
         let e = err(": : :");
         assert!(e.contains("t.yaml"), "{e}");
+    }
+
+    #[test]
+    fn metrics_address_is_optional_and_checked() {
+        let up = "uplinks: [{name: eth1, address: 198.51.100.1/24}]\n";
+        assert_eq!(AgentConfig::parse(up, "t").unwrap().metrics_address, None);
+        let c = AgentConfig::parse(&format!("{up}metricsAddress: 127.0.0.1:9465"), "t").unwrap();
+        assert_eq!(c.metrics_address, Some(([127, 0, 0, 1], 9465).into()));
+        let c = AgentConfig::parse(&format!("{up}metricsAddress: \"[::]:9465\""), "t").unwrap();
+        assert_eq!(c.metrics_address.map(|a| a.port()), Some(9465));
+        for (bad, hint) in [
+            ("9465", "127.0.0.1:9465"),
+            ("localhost:9465", "127.0.0.1:9465"),
+            ("0.0.0.0:0", "fixed port"),
+            ("0.0.0.0:70000", "127.0.0.1:9465"),
+        ] {
+            let e = err(&format!("{up}metricsAddress: \"{bad}\""));
+            assert!(
+                e.contains("metricsAddress") && e.contains(hint),
+                "{bad}: {e}"
+            );
+        }
+        let e = err(&format!("{up}metricsAdress: 127.0.0.1:9465"));
+        assert!(e.contains("metricsAdress"), "{e}");
     }
 }

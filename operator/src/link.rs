@@ -3,7 +3,6 @@
 //! Runs `ip`, `nsenter`, `sysctl` and `ethtool` with argument vectors.
 
 use crate::exec::{run, ExecError};
-use std::hash::Hasher;
 
 /// What the sandbox side of an attachment looks like.
 #[derive(Debug, Clone)]
@@ -28,14 +27,9 @@ pub struct SandboxLink<'a> {
     pub isolate_host_end: bool,
 }
 
-/// A deterministic host-side name for an attachment ("pi" + 12 hex digits), at most 15 bytes.
-pub fn host_if_name(container_id: &str, ifname: &str) -> String {
-    let mut h = fnv::FnvHasher::default();
-    h.write(container_id.as_bytes());
-    h.write(b"/");
-    h.write(ifname.as_bytes());
-    format!("pi{:012x}", h.finish() & 0xffff_ffff_ffff)
-}
+/// A deterministic host-side name for an attachment ("pi" + 12 hex digits), at most 15 bytes;
+/// shared with the CNI plugin, which removes the veth itself on DEL when the agent is down.
+pub use portiso_agent_api::{host_if_name, is_host_if_name};
 
 fn in_netns(netns: &str, program: &str, args: &[&str]) -> Result<String, ExecError> {
     let net = format!("--net={netns}");
@@ -272,5 +266,26 @@ mod tests {
         assert_eq!(a.len(), 14);
         assert_ne!(a, b);
         assert_eq!(a, super::host_if_name("c1", "eth0"));
+    }
+
+    /// The shared function names veths exactly as the agent always did (fnv::FnvHasher), so
+    /// that a new agent re-adopts the ports of an older one.
+    #[test]
+    fn host_names_are_the_fnv_hash_they_always_were() {
+        use std::hash::Hasher;
+        for (c, i) in [
+            ("c1", "eth0"),
+            ("ctr-web1", "eth1"),
+            ("", ""),
+            ("0123abc", "net12"),
+        ] {
+            let mut h = fnv::FnvHasher::default();
+            h.write(c.as_bytes());
+            h.write(b"/");
+            h.write(i.as_bytes());
+            let old = format!("pi{:012x}", h.finish() & 0xffff_ffff_ffff);
+            assert_eq!(super::host_if_name(c, i), old);
+            assert!(super::is_host_if_name(&old));
+        }
     }
 }

@@ -1500,3 +1500,124 @@ fn values_schema_is_draft_07_and_describes_the_top_level_keys() {
         "typos in top-level keys are refused"
     );
 }
+
+/// Whether a ServiceMonitor's `matchLabels` all hold on a Service.
+fn monitor_selects(sm: &Doc, svc: &Service) -> bool {
+    let wanted = sm.value["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .expect("matchLabels");
+    let labels = svc.metadata.labels.clone().unwrap_or_default();
+    wanted
+        .iter()
+        .all(|(k, v)| labels.get(k.as_str().unwrap()).map(String::as_str) == v.as_str())
+}
+
+/// The agent container's port named `metrics`, if any.
+fn agent_metrics_port(r: &Rendered) -> Option<i32> {
+    let spec = r.agent().spec.template.spec.unwrap();
+    container(&spec, "agent")
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("metrics"))
+        .map(|p| p.container_port)
+}
+
+#[test]
+fn agent_metrics_port_config_service_and_service_monitor() {
+    let r = render(&["default-values.yaml"], &[]);
+    let full = r.fullname();
+    // The agent listens where its config says, on the port the pod declares.
+    assert_eq!(agent_metrics_port(&r), Some(9465));
+    assert_eq!(
+        parsed_agent_config(&r).metrics_address,
+        Some(([0, 0, 0, 0], 9465).into())
+    );
+    // A headless Service over the agents' pods: one target per node.
+    let svc: Service = r.get("Service", &format!("{full}-agent"));
+    let spec = svc.spec.clone().unwrap();
+    assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+    let ports = spec.ports.unwrap();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].port, 9465);
+    assert_eq!(
+        ports[0].target_port,
+        Some(IntOrString::String("metrics".into()))
+    );
+    let pod_labels = r.agent().spec.template.metadata.unwrap().labels.unwrap();
+    for (k, v) in spec.selector.unwrap() {
+        assert_eq!(
+            pod_labels.get(&k),
+            Some(&v),
+            "the Service selects the agent pods"
+        );
+    }
+    assert!(r.of_kind("ServiceMonitor").is_empty(), "none by default");
+
+    // With ServiceMonitors: the agent's selects the agent Service only, the operator's the
+    // operator's only.
+    let r = render(&["own-certificate-values.yaml"], &[]);
+    let full = r.fullname();
+    let agent_sm = r
+        .find("ServiceMonitor", &format!("{full}-agent"))
+        .expect("the agent's ServiceMonitor");
+    let operator_sm = r
+        .find("ServiceMonitor", &format!("{full}-operator"))
+        .expect("the operator's ServiceMonitor");
+    let agent_svc: Service = r.get("Service", &format!("{full}-agent"));
+    let operator_svc: Service = r.get("Service", &format!("{full}-metrics"));
+    assert!(monitor_selects(agent_sm, &agent_svc));
+    assert!(!monitor_selects(agent_sm, &operator_svc));
+    assert!(monitor_selects(operator_sm, &operator_svc));
+    assert!(!monitor_selects(operator_sm, &agent_svc));
+    assert_eq!(agent_sm.label("release"), Some("prometheus"));
+    let endpoint = &agent_sm.value["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"].as_str(), Some("metrics"));
+    assert_eq!(endpoint["path"].as_str(), Some("/metrics"));
+    assert_eq!(
+        endpoint["relabelings"][0]["targetLabel"].as_str(),
+        Some("node")
+    );
+
+    // Another port: everywhere at once.
+    let r = render(&["default-values.yaml"], &["agent.metrics.port=9100"]);
+    assert_eq!(agent_metrics_port(&r), Some(9100));
+    assert_eq!(
+        parsed_agent_config(&r).metrics_address,
+        Some(([0, 0, 0, 0], 9100).into())
+    );
+    let svc: Service = r.get("Service", &format!("{}-agent", r.fullname()));
+    assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 9100);
+
+    // Off: no port, no address, no Service.
+    let r = render(&["default-values.yaml"], &["agent.metrics.enabled=false"]);
+    assert_eq!(agent_metrics_port(&r), None);
+    assert_eq!(parsed_agent_config(&r).metrics_address, None);
+    assert!(r
+        .find("Service", &format!("{}-agent", r.fullname()))
+        .is_none());
+    r.get::<Service>("Service", &format!("{}-metrics", r.fullname()));
+
+    // A port a PortRange could give to a sandbox is refused; so are nonsense values.
+    for (sets, reason) in [
+        (vec!["agent.metrics.port=20000"], "reservedHostPorts"),
+        (vec!["agent.metrics.port=0"], "/agent/metrics/port"),
+        (vec!["agent.metrics.enabled=yes"], "/agent/metrics/enabled"),
+        (vec!["agent.metrics.prot=9100"], "prot"),
+    ] {
+        let err = match render_release(RELEASE, &[], &sets) {
+            Ok(_) => panic!("helm template accepted {sets:?}"),
+            Err(e) => e,
+        };
+        assert!(
+            err.contains(reason),
+            "{sets:?}: the error does not name {reason:?}:\n{err}"
+        );
+    }
+    // ...and a reserved port in a span of its own renders.
+    let r = render(
+        &["default-values.yaml"],
+        &["reservedHostPorts[0]=9100-9200", "agent.metrics.port=9200"],
+    );
+    assert_eq!(agent_metrics_port(&r), Some(9200));
+}

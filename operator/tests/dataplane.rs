@@ -5,7 +5,8 @@
 mod common;
 
 use common::dataplane::{
-    check_arp, check_echo, check_egress, check_steering, lands, two_sandboxes, LISTEN,
+    check_arp, check_echo, check_egress, check_fragments, check_steering, lands, two_sandboxes,
+    LISTEN,
 };
 use common::{portrange, testbed};
 use portiso::testbed::netns::{count_frames, frame, tcp_send, Listener};
@@ -47,6 +48,11 @@ fn echo_requests_are_answered_by_the_host_and_replies_go_only_to_the_pinging_san
 #[test]
 fn egress_allows_only_own_ports_with_the_shared_addresses() {
     check_egress(&two_sandboxes("pdegr"));
+}
+
+#[test]
+fn fragmented_udp_reaches_its_owner_whole_and_leaves_only_from_own_ports() {
+    check_fragments(&two_sandboxes("pdfrag"));
 }
 
 #[test]

@@ -6,8 +6,8 @@
 mod common;
 
 use common::dataplane::{
-    arrivals_at_web1_during, attach_web, check_arp, check_echo, check_egress, check_steering,
-    send_udp, web_ranges,
+    arrivals_at_web1_during, attach_web, check_arp, check_echo, check_egress, check_fragments,
+    check_steering, send_udp, web_ranges,
 };
 use common::testbed_with;
 use portiso::fastpath::kernel::pinned_counters;
@@ -74,6 +74,7 @@ fn the_packet_matrix_is_the_same_with_the_fast_path_on_and_off() {
             "{datapath}: the fast path carried {carried} frames; agent log:\n{}",
             tb.agent_log()
         );
+        check_fragments(&tb);
         check_egress(&tb);
         let log = tb.agent_log();
         assert!(

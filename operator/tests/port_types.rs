@@ -9,7 +9,8 @@
 mod common;
 
 use common::dataplane::{
-    attach_web, check_arp, check_echo, check_egress, check_steering, lands, web_ranges,
+    attach_web, check_arp, check_echo, check_egress, check_fragments, check_steering, lands,
+    web_ranges,
 };
 use common::testbed_with;
 use portiso::testbed::Testbed;
@@ -85,6 +86,7 @@ fn runs_with(tag: &str, port_type: &str, prepare: impl FnOnce(&Testbed)) -> Test
     check_arp(&tb);
     check_echo(&tb);
     check_steering(&tb);
+    check_fragments(&tb);
     check_egress(&tb);
     // A restarted agent re-adopts the AF_XDP ports as they are and still steers.
     tb.kill_agent();

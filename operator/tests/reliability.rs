@@ -4,38 +4,11 @@
 mod common;
 
 use common::dataplane::{arrivals_at_web1_during, attach_web, check_steering, web_ranges};
-use common::testbed_with;
+use common::{canonical_flows, testbed_with};
 use portiso::testbed::Testbed;
 use std::time::{Duration, Instant};
 
 const OVS_ALONE: &str = "{fastPath: off, userspacePorts: system}";
-
-/// The flows without their counters and ages: what must be equal after a restart.
-fn canonical_flows(tb: &Testbed) -> Vec<String> {
-    let dump = tb.dump_flows("br-up1").unwrap_or_default();
-    let mut flows: Vec<String> = dump
-        .lines()
-        .filter(|l| l.contains("cookie="))
-        .map(|l| {
-            l.split(", ")
-                .filter(|f| {
-                    ![
-                        "duration=",
-                        "n_packets=",
-                        "n_bytes=",
-                        "idle_age=",
-                        "hard_age=",
-                    ]
-                    .iter()
-                    .any(|p| f.trim_start().starts_with(p))
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .collect();
-    flows.sort();
-    flows
-}
 
 fn bridge_has_the_shared_address(tb: &Testbed) -> bool {
     tb.node_cmd("ip", &["-4", "-o", "addr", "show", "dev", "br-up1"])
@@ -88,7 +61,9 @@ fn a_restarted_ovs_vswitchd_gets_its_flows_and_address_back() {
     assert_ne!(canonical_flows(&tb), before, "the test removed no flow");
     let outage = wait_restored(&tb, &before, Instant::now());
     eprintln!("flows deleted by hand were back after {outage:?}");
-    assert!(tb.agent_log().contains("differ from what the agent installed"));
+    assert!(tb
+        .agent_log()
+        .contains("differ from what the agent installed"));
 }
 
 #[test]

@@ -11,6 +11,14 @@ use portiso_agent_api::{
     code, AgentError, AttachRequest, Attached, AttachmentKey, DetachRequest, Request, Response,
 };
 
+/// PortRange keys for a log field: `default/web1,default/web1-udp`.
+fn range_keys<'a>(ranges: impl Iterator<Item = &'a crate::model::PortRange>) -> String {
+    ranges
+        .map(|r| ObjectKey::of(r).to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 impl Agent {
     /// Answers one request from the CNI plugin.
     pub fn handle(&mut self, request: Request) -> Response {
@@ -21,6 +29,7 @@ impl Agent {
             Request::Status { uplink } => self.known_uplink(&uplink).map(|_| Response::Done),
             Request::Gc { uplink, valid } => self.gc(&uplink, &valid).map(|_| Response::Done),
             Request::Describe => Ok(Response::Node(self.describe())),
+            Request::Trace(r) => self.trace(&r).map(Response::Trace),
         };
         result.unwrap_or_else(Response::Error)
     }
@@ -202,7 +211,8 @@ impl Agent {
         }
         // Where an ADD's time goes, in milliseconds since the request was taken up.
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-        tracing::info!(%sandbox, uplink = %r.uplink, port = %host_if, ofport,
+        let portrange = range_keys(selecting.iter().copied());
+        tracing::info!(%sandbox, %portrange, uplink = %r.uplink, port = %host_if, ofport,
             checked_ms = ms(checked), linked_ms = ms(linked), ported_ms = ms(ported), total_ms = ms(started.elapsed()),
             "sandbox attached");
         Ok(self.attached(&attachment))
@@ -319,7 +329,11 @@ impl Agent {
                 .map_err(|e| fail(e.to_string()))?;
         }
         link::delete(&a.host_if).map_err(|e| fail(e.to_string()))?;
-        tracing::info!(sandbox = %a.sandbox(), port = %a.host_if, "sandbox detached");
+        // The ranges it held: those that select it (it holds nothing once out of `attachments`).
+        let held = state::Owners::new(&self.accepted, std::slice::from_ref(a));
+        let portrange = range_keys(held.held_by(a));
+        tracing::info!(sandbox = %a.sandbox(), %portrange, port = %a.host_if, "sandbox detached");
+        self.metrics.detached.inc();
         Ok(())
     }
 

@@ -1,12 +1,15 @@
-//! The slow path for inbound ICMP errors: per bridge, a thread runs `ovs-ofctl monitor`,
-//! reads the errors the bridge hands to the controller, asks `icmp_errors::steer` whose they
-//! are and sends each back into the bridge towards that sandbox or the host.
+//! The slow path for what OpenFlow cannot steer: per bridge, a thread runs `ovs-ofctl
+//! monitor`, reads what the bridge hands to the controller (inbound ICMP errors, and UDP
+//! fragments in both directions), asks `icmp_errors::steer` or `fragments::Fragments::steer`
+//! where each goes and sends it back into the bridge towards that sandbox, the uplink or the
+//! host.
 //!
 //! The port maps are shared with the agent, which replaces a bridge's map whenever it has
 //! brought that bridge's flows in line (attach, detach, PortRange change). A monitor that
 //! ends is restarted after a pause that doubles up to `MAX_BACKOFF` and starts over once a
 //! monitor has run for `STABLE`.
 
+use super::fragments::{is_udp_fragment, Fragments};
 use super::icmp_errors::{steer, PortMap};
 use crate::ovs::monitor::{packet_out, Monitor, PacketInParser, Parsed};
 use std::collections::BTreeMap;
@@ -18,8 +21,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A monitor that ran this long was healthy: the next restart starts from `MIN_BACKOFF`.
 const STABLE: Duration = Duration::from_secs(30);
-/// At most this many errors are passed on per bridge and second; the rest are dropped (each
-/// costs a process), as an ICMP error flood should not become a process flood.
+/// At most this many packets (errors and fragments) are passed on per bridge and second; the
+/// rest are dropped (each costs a process), as a flood should not become a process flood.
 const MAX_PER_SECOND: u32 = 200;
 
 /// The port maps of every bridge, by bridge name.
@@ -75,6 +78,7 @@ impl IcmpRelay {
         };
         tracing::info!(%bridge, pid = monitor.pid(), "ICMP error monitor started");
         let mut parser = PacketInParser::default();
+        let mut fragments = Fragments::default();
         let mut last_lines: Vec<String> = Vec::new();
         let mut window = (Instant::now(), 0u32);
         for line in BufReader::new(stderr).lines() {
@@ -99,13 +103,13 @@ impl IcmpRelay {
                 Parsed::Packet(p) => {
                     if window.0.elapsed() >= Duration::from_secs(1) {
                         if window.1 > MAX_PER_SECOND {
-                            tracing::warn!(%bridge, dropped = window.1 - MAX_PER_SECOND, "too many ICMP errors in a second; dropped the excess");
+                            tracing::warn!(%bridge, dropped = window.1 - MAX_PER_SECOND, "too many ICMP errors and fragments in a second; dropped the excess");
                         }
                         window = (Instant::now(), 0);
                     }
                     window.1 += 1;
                     if window.1 <= MAX_PER_SECOND {
-                        self.relay(bridge, &p);
+                        self.relay(bridge, &p, &mut fragments);
                     }
                 }
             }
@@ -117,13 +121,27 @@ impl IcmpRelay {
         )
     }
 
-    fn relay(&self, bridge: &str, p: &crate::ovs::monitor::PacketIn) {
+    fn relay(&self, bridge: &str, p: &crate::ovs::monitor::PacketIn, fragments: &mut Fragments) {
         let Some(map) = self.map(bridge) else {
-            tracing::warn!(%bridge, "ICMP error on a bridge without a port map; dropped");
+            tracing::warn!(%bridge, "packet handed up on a bridge without a port map; dropped");
             return;
         };
         if p.truncated() {
-            tracing::warn!(%bridge, got = p.data.len(), total = p.total_len, "ICMP error arrived cut short; dropped");
+            tracing::warn!(%bridge, got = p.data.len(), total = p.total_len, "packet handed up cut short; dropped");
+            return;
+        }
+        if is_udp_fragment(&p.data) {
+            let Some(in_port) = p.in_port else {
+                tracing::warn!(%bridge, "UDP fragment handed up without its in-port; dropped");
+                return;
+            };
+            let s = fragments.steer(&p.data, in_port, &map, Instant::now());
+            tracing::debug!(%bridge, in_port, to = ?s.to, why = s.why, len = p.data.len(), "steering a UDP fragment");
+            if let Some(action) = s.to.action() {
+                if let Err(e) = packet_out(bridge, in_port, &p.data, &action) {
+                    tracing::warn!(%bridge, error = %e, "could not pass a UDP fragment on");
+                }
+            }
             return;
         }
         if p.in_port.is_some_and(|i| i != map.uplink_ofport) {

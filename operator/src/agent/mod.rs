@@ -6,14 +6,19 @@
 //! changes nothing.
 
 mod attach;
+pub mod fragments;
 pub mod icmp_errors;
 mod icmp_relay;
+mod leftovers;
+pub mod metrics;
 pub mod port_type;
 mod ranges;
+pub mod request;
 mod server;
 pub mod sources;
 pub mod state;
 mod status;
+mod trace;
 
 pub use server::serve;
 pub use status::EGRESS_NOT_ALLOWED;
@@ -72,6 +77,9 @@ pub struct Agent {
     installed: std::sync::Mutex<BTreeMap<String, Vec<u64>>>,
     /// When OVS was last re-read in full (ports, numbers, every flow).
     last_full_resync: std::time::Instant,
+    /// Counted as the agent works; shared with the metrics endpoint, which reads it without
+    /// the agent's lock.
+    pub metrics: std::sync::Arc<metrics::AgentMetrics>,
 }
 
 /// How often the agent re-reads OVS in full even when its flow counts look right: catches
@@ -201,9 +209,13 @@ impl Agent {
             fast_path_off,
             installed: Default::default(),
             last_full_resync: std::time::Instant::now(),
+            metrics: Default::default(),
         };
         agent.adopt_ports()?;
         agent.refresh();
+        // After the PortRanges are in (detaching reconciles), before the first reconcile, so
+        // that no flow is installed again for a sandbox that is gone.
+        agent.sweep_leftovers();
         agent.reconcile_all()?;
         Ok(agent)
     }
@@ -307,7 +319,10 @@ impl Agent {
                 }
             }
         }
-        if self.last_full_resync.elapsed() < FULL_RESYNC && self.flow_counts_match()? {
+        if self.last_full_resync.elapsed() < FULL_RESYNC
+            && !self.attachment_link_gone()
+            && self.flow_counts_match()?
+        {
             return Ok(());
         }
         self.resync_in_full()
@@ -332,6 +347,7 @@ impl Agent {
     /// Re-reads port numbers and every flow from OVS, then reconciles.
     fn resync_in_full(&mut self) -> Result<(), ovs::OvsError> {
         self.installed_cache().clear();
+        self.sweep_leftovers();
         let mut all_numbered = true;
         for i in 0..self.uplinks.len() {
             let (name, bridge) = (
@@ -406,6 +422,14 @@ impl Agent {
     /// Brings one bridge's flows in line with the state: one atomic bundle of only the flows
     /// that differ.
     pub fn reconcile(&self, uplink: &UplinkRuntime) -> Result<(), ovs::OvsError> {
+        let result = self.reconcile_flows(uplink);
+        if result.is_err() {
+            self.metrics.reconcile_errors.inc();
+        }
+        result
+    }
+
+    fn reconcile_flows(&self, uplink: &UplinkRuntime) -> Result<(), ovs::OvsError> {
         let bridge_state = state::bridge_state(
             &uplink.config,
             uplink.uplink_ofport,
@@ -558,6 +582,7 @@ mod tests {
             fast_path_off: "off: test".into(),
             installed: Default::default(),
             last_full_resync: std::time::Instant::now(),
+            metrics: Default::default(),
         }
     }
 

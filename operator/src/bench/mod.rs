@@ -239,20 +239,38 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let steps = counts.len() * systems.len();
     let mut results = Vec::new();
     for &n in &counts {
+        // The node of the row before, when this row can run on it (see `shares_node_with`).
+        let mut kept: Option<(System, systems::Built)> = None;
         for &system in &systems {
             check_interrupted()?;
-            eprintln!(
-                "[{}/{steps}] {} with {n} sandbox(es): building",
-                results.len() + 1,
-                system.label()
-            );
-            let built = systems::build(
-                system,
-                &systems::BuildOptions {
-                    sandboxes: n,
-                    ..opts.clone()
-                },
-            )?;
+            let built = match kept.take() {
+                Some((before, mut built)) if before.shares_node_with(system) => {
+                    eprintln!(
+                        "[{}/{steps}] {} with {n} sandbox(es): the {} node, agent restarted with {}",
+                        results.len() + 1,
+                        system.label(),
+                        before.label(),
+                        system.portiso_datapath().unwrap_or_default()
+                    );
+                    systems::switch_to(&mut built, system)?;
+                    built
+                }
+                earlier => {
+                    drop(earlier);
+                    eprintln!(
+                        "[{}/{steps}] {} with {n} sandbox(es): building",
+                        results.len() + 1,
+                        system.label()
+                    );
+                    systems::build(
+                        system,
+                        &systems::BuildOptions {
+                            sandboxes: n,
+                            ..opts.clone()
+                        },
+                    )?
+                }
+            };
             let m = measure(system, n, &built, dur, args.streams)?;
             eprintln!(
                 "    {:.2} Gbit/s in, {:.2} out, {:.0} conn/s (p50 {:.0} µs, p99 {:.0} µs), {:.0} UDP rr/s (p50 {:.0} µs); built in {:.1} s",
@@ -265,7 +283,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 m.udp_request_response.p50_us,
                 m.setup_seconds
             );
-            drop(built);
+            kept = Some((system, built));
             results.push(m);
         }
     }

@@ -6,7 +6,17 @@
 //! sandbox whose request conntrack remembers; ICMP errors go to the agent, which reads whose
 //! packet they quote and passes each on (see `agent::icmp_errors`). Outbound, a sandbox may only send what carries
 //! the shared MAC and IP and, for TCP/UDP, a source port it owns — so it can never answer for,
-//! or pose as, the host or a neighbour. TCP and UDP never touch conntrack: the port decides.
+//! or pose as, the host or a neighbour. TCP and UDP never touch conntrack: the port decides,
+//! except for UDP fragments. Only a datagram's first fragment carries its ports, and OpenFlow
+//! cannot tie the others to it, so every UDP fragment to the shared address or from a sandbox
+//! first goes through conntrack (nothing committed): its reassembly drops overlapping, too
+//! small and incomplete fragment sets (the kinds crafted to dodge a port match) and releases a
+//! complete datagram's fragments in order. The bridge then hands them to the agent, which
+//! steers the first by its port exactly as these flows steer a whole datagram, and the others
+//! after it (`agent::fragments`): inbound, the whole datagram reaches the sandbox that owns its
+//! port; outbound, only datagrams from the sandbox's own ports leave. TCP does not fragment in
+//! practice (DF and MSS): its fragments get no such care; the first goes by its ports, the rest
+//! to the host, which drops them unassembled.
 
 use super::flow::{FlowTable, FlowTableBuilder, Span};
 use super::table;
@@ -18,6 +28,10 @@ use std::ops::Range;
 
 /// The conntrack zone that holds sandboxes' ICMP echo requests (and nothing else).
 pub const CT_ZONE: u16 = 0x7150;
+
+/// The conntrack zone in which fragmented UDP datagrams are reassembled, in and out. Nothing
+/// is committed there: conntrack only lends its reassembly and the datagram's ports.
+pub const FRAGMENT_ZONE: u16 = 0x7151;
 
 /// A sandbox interface attached to the bridge and the ports it owns on this uplink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +52,12 @@ pub struct BridgeState {
     pub shared_mac: String,
     pub sandboxes: Vec<SandboxPorts>,
 }
+
+/// Matches the fragments of a UDP datagram that conntrack reassembled without finding fault.
+const REASSEMBLED_UDP: &str = "udp,ct_state=-inv+trk";
+
+/// Matches any frame with an 802.1Q tag (OVS's "tag present" bit).
+const VLAN_TAGGED: &str = "vlan_tci=0x1000/0x1000";
 
 /// Both protocols with their names in a match, in the order of those names ("tcp" < "udp").
 const PROTOCOLS: [(Protocol, &str); 2] = [(Protocol::Tcp, "tcp"), (Protocol::Udp, "udp")];
@@ -131,11 +151,11 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     let echo_request = ICMP_ECHO_REQUEST.to_string();
     let sandbox_icmp = by_text(&[&ICMP_ERRORS[..], &[ICMP_ECHO_REQUEST]].concat());
 
-    // Room for every flow and (roughly) its text: two flows per port block, eight per
-    // sandbox, eleven for the bridge. An estimate only spares reallocations.
+    // Room for every flow and (roughly) its text: two flows per port block, nine per
+    // sandbox, seventeen for the bridge. An estimate only spares reallocations.
     let block_count = blocks[0].len() + blocks[1].len();
     let mut w = FlowTableBuilder::with_capacity(
-        2 * block_count + 8 * sandboxes.len() + 11,
+        2 * block_count + 9 * sandboxes.len() + 17,
         block_count * (90 + 2 * ip.len() + mac.len())
             + sandboxes.len() * (400 + 6 * mac.len() + 5 * ip.len())
             + 1024,
@@ -183,30 +203,31 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
         );
     }
     // TCP/UDP by destination port, to the sandbox that owns it: all sandboxes' blocks of a
-    // protocol in text order, then by sandbox. A block's text takes at most 13 of its 16
-    // bytes, so the sandbox goes in the low three and one integer sort does it.
+    // protocol in text order, then by sandbox (see `owned_blocks`).
     assert!(
         sandboxes.len() < 1 << 24,
         "over 16M sandboxes on one bridge"
     );
     let mut text = [0; 16];
     for (k, (_, name)) in PROTOCOLS.iter().enumerate() {
-        let mut owned: Vec<u128> = Vec::with_capacity(blocks[k].len());
-        for (i, sb) in sandboxes.iter().enumerate() {
-            owned.extend(
-                blocks[k][sb.blocks[k].clone()]
-                    .iter()
-                    .map(|b| b.0 | i as u128),
-            );
-        }
-        owned.sort_unstable();
         let prefix = format!("{name},nw_dst={ip},tp_dst=");
-        for key in owned {
+        for key in owned_blocks(&sandboxes, &blocks, k) {
             let (block, i) = (BlockText(key & !0xff_ffff), (key & 0xff_ffff) as usize);
             let tp_dst = block.as_bytes(&mut text);
             w.flow_ascii(table::FROM_UPLINK, 200, &prefix, tp_dst, to_sandbox[i]);
         }
     }
+    // Every fragment of a UDP datagram to the shared address is reassembled first.
+    let to_reassembly_in = w.text(&[&format!(
+        "ct(zone={FRAGMENT_ZONE},table={})",
+        table::FRAGMENT_IN
+    )]);
+    w.flow(
+        table::FROM_UPLINK,
+        250,
+        &["udp,nw_dst=", &ip, ",nw_frag=yes"],
+        to_reassembly_in,
+    );
     // The host answers ARP requests for the shared address (the peer must learn one MAC for
     // it, and it is the same MAC everywhere anyway).
     w.flow(table::FROM_UPLINK, 290, &["arp"], to_host);
@@ -217,6 +238,9 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     }
     let to_everyone = w.text(&[&everyone]);
     w.flow(table::FROM_UPLINK, 300, &["arp,arp_op=2"], to_everyone);
+    // A VLAN-tagged frame belongs to another network than the shared address's: the host's
+    // (its VLAN interfaces, if it has any), never a sandbox's.
+    w.flow(table::FROM_UPLINK, 400, &[VLAN_TAGGED], to_host);
 
     // Echo replies after conntrack: to the sandbox whose request it was.
     w.flow(table::ECHO_REPLY, 0, &[], to_host);
@@ -228,6 +252,11 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
             to_sb,
         );
     }
+
+    // Inbound UDP fragments of complete, well-formed datagrams (conntrack let them through):
+    // the agent steers them (see the module comment).
+    w.flow(table::FRAGMENT_IN, 0, &[], drop);
+    w.flow(table::FRAGMENT_IN, 100, &[REASSEMBLED_UDP], to_agent);
 
     // Egress: whatever no rule below allows is dropped (and counted by this flow).
     w.flow(table::FROM_SANDBOX, 0, &[], drop);
@@ -281,7 +310,38 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
             }
         }
     }
+    // Every fragment of a UDP datagram a sandbox sends with the shared addresses is
+    // reassembled first; then only the sandbox's own source ports pass.
+    let to_reassembly_out = w.text(&[&format!(
+        "ct(zone={FRAGMENT_ZONE},table={})",
+        table::FRAGMENT_OUT
+    )]);
+    for sb in &sandboxes {
+        let m = ["udp,in_port=", &sb.ofport, &from_shared, ",nw_frag=yes"];
+        w.flow(table::FROM_SANDBOX, 250, &m, to_reassembly_out);
+    }
+    // A sandbox sends untagged frames only: a tag would put its frames on another network of
+    // the uplink, and the matches above ignore tags.
+    w.flow(table::FROM_SANDBOX, 300, &[VLAN_TAGGED], drop);
+    w.flow(table::FRAGMENT_OUT, 0, &[], drop);
+    w.flow(table::FRAGMENT_OUT, 100, &[REASSEMBLED_UDP], to_agent);
     (w, repeats)
+}
+
+/// All sandboxes' port blocks of protocol `k`, sorted by the block's text and then by the
+/// sandbox: each as the packed text with the sandbox's index in the low three bytes (a block's
+/// text takes at most 13 of the 16).
+fn owned_blocks(sandboxes: &[Sandbox], blocks: &[Vec<BlockText>; 2], k: usize) -> Vec<u128> {
+    let mut owned: Vec<u128> = Vec::with_capacity(blocks[k].len());
+    for (i, sb) in sandboxes.iter().enumerate() {
+        owned.extend(
+            blocks[k][sb.blocks[k].clone()]
+                .iter()
+                .map(|b| b.0 | i as u128),
+        );
+    }
+    owned.sort_unstable();
+    owned
 }
 
 /// A sandbox as the compiler walks it: its OVS port number as text, and where its port
@@ -406,7 +466,7 @@ mod tests {
     }
 
     #[test]
-    fn icmp_error_flows_do_not_depend_on_the_sandboxes() {
+    fn what_the_bridge_hands_the_agent_does_not_depend_on_the_sandboxes() {
         let mut empty = state();
         empty.sandboxes.clear();
         let punted = |s: &BridgeState| -> Vec<Flow> {
@@ -418,7 +478,8 @@ mod tests {
                 .collect()
         };
         assert_eq!(punted(&state()), punted(&empty));
-        assert_eq!(punted(&empty).len(), ICMP_ERRORS.len());
+        // The ICMP error types, and the reassembled UDP fragments each way.
+        assert_eq!(punted(&empty).len(), ICMP_ERRORS.len() + 2);
         // The agent steers exactly the types the bridge hands it.
         assert_eq!(ICMP_ERRORS, crate::agent::icmp_errors::ERROR_TYPES);
     }

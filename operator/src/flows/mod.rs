@@ -18,6 +18,10 @@ pub mod table {
     pub const FROM_UPLINK: u8 = 10;
     /// Inbound ICMP echo replies after conntrack: to the sandbox that sent the request.
     pub const ECHO_REPLY: u8 = 11;
+    /// Inbound UDP fragments after conntrack reassembled their datagram: by its port.
+    pub const FRAGMENT_IN: u8 = 12;
     /// Outbound from a sandbox: only what the egress rules allow reaches the uplink.
     pub const FROM_SANDBOX: u8 = 20;
+    /// Outbound UDP fragments after conntrack reassembled their datagram: by its port.
+    pub const FRAGMENT_OUT: u8 = 21;
 }

@@ -4,6 +4,7 @@
 
 use super::{tls, webhook, FIELD_MANAGER, FINALIZER};
 use crate::cluster::{decide, status_for, Decision, Pool, Programmed};
+use crate::metrics::{Counter, Exposition, Gauge, Histogram, Kind};
 use crate::model::{ObjectKey, PortRange, Verdict};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -14,7 +15,6 @@ use kube::{Api, Client, ResourceExt};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,28 +57,65 @@ pub struct OperatorArgs {
     pub metrics_addr: Option<SocketAddr>,
 }
 
-#[derive(Default)]
 struct Metrics {
-    leader: AtomicBool,
-    accepted: AtomicU64,
-    refused: AtomicU64,
-    status_writes: AtomicU64,
-    write_errors: AtomicU64,
+    /// 1 while this replica holds the Lease.
+    leader: Gauge,
+    accepted: Gauge,
+    refused: Gauge,
+    status_writes: Counter,
+    write_errors: Counter,
+    /// Each pass that decides every PortRange and writes what changed.
+    reconcile: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            leader: Gauge::default(),
+            accepted: Gauge::default(),
+            refused: Gauge::default(),
+            status_writes: Counter::default(),
+            write_errors: Counter::default(),
+            reconcile: Histogram::seconds(),
+        }
+    }
 }
 
 impl Metrics {
     fn render(&self) -> String {
-        format!(
-            "# TYPE portiso_operator_leader gauge\nportiso_operator_leader {}\n\
-             # TYPE portiso_operator_portranges gauge\nportiso_operator_portranges{{verdict=\"accepted\"}} {}\nportiso_operator_portranges{{verdict=\"refused\"}} {}\n\
-             # TYPE portiso_operator_status_writes_total counter\nportiso_operator_status_writes_total {}\n\
-             # TYPE portiso_operator_write_errors_total counter\nportiso_operator_write_errors_total {}\n",
-            self.leader.load(Ordering::Relaxed) as u8,
-            self.accepted.load(Ordering::Relaxed),
-            self.refused.load(Ordering::Relaxed),
-            self.status_writes.load(Ordering::Relaxed),
-            self.write_errors.load(Ordering::Relaxed),
+        let mut page = Exposition::default();
+        page.family(
+            "portiso_operator_leader",
+            Kind::Gauge,
+            "1 while this replica holds the Lease and writes statuses.",
         )
+        .sample(&[], self.leader.get());
+        page.family(
+            "portiso_operator_portranges",
+            Kind::Gauge,
+            "PortRanges by the leader's last verdict.",
+        )
+        .sample(&[("verdict", "accepted")], self.accepted.get())
+        .sample(&[("verdict", "refused")], self.refused.get());
+        page.family(
+            "portiso_operator_status_writes_total",
+            Kind::Counter,
+            "PortRange statuses written.",
+        )
+        .sample(&[], self.status_writes.get());
+        page.family(
+            "portiso_operator_write_errors_total",
+            Kind::Counter,
+            "Failed writes of a PortRange's status or finalizers (reconcile errors).",
+        )
+        .sample(&[], self.write_errors.get());
+        page.family(
+            "portiso_operator_reconcile_seconds",
+            Kind::Histogram,
+            "Duration of each pass that decides every PortRange and writes what changed.",
+        )
+        .histogram(&[], &self.reconcile);
+        page.finish()
     }
 }
 
@@ -135,12 +172,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = args.metrics_addr {
         let m = metrics.clone();
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || async move { m.render() }),
-        );
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        crate::metrics::serve(addr, move || m.render()).await?;
     }
 
     let identity = args
@@ -165,12 +197,15 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     };
     loop {
         let is_leader = *leader.borrow_and_update();
-        if metrics.leader.swap(is_leader, Ordering::Relaxed) != is_leader {
+        if metrics.leader.get() != is_leader as u64 {
             tracing::info!(%identity, is_leader, "leadership changed");
         }
+        metrics.leader.set(is_leader as u64);
         if is_leader {
+            let started = std::time::Instant::now();
             let snapshot: Vec<PortRange> = store.state().iter().map(|r| (**r).clone()).collect();
             writer.write_all(&snapshot, &programmed(&nodes)).await;
+            metrics.reconcile.observe(started.elapsed());
         }
         if webhook.is_finished() {
             anyhow::bail!("the admission webhook server stopped");
@@ -231,12 +266,10 @@ impl StatusWriter {
             .iter()
             .filter(|d| d.verdict == Verdict::Accepted)
             .count();
-        self.metrics
-            .accepted
-            .store(accepted as u64, Ordering::Relaxed);
+        self.metrics.accepted.set(accepted as u64);
         self.metrics
             .refused
-            .store((decisions.len() - accepted) as u64, Ordering::Relaxed);
+            .set((decisions.len() - accepted) as u64);
         // Whole seconds: the API server stores no more, and a finer time would never compare equal.
         let now = Time(
             k8s_openapi::jiff::Timestamp::from_second(
@@ -267,7 +300,7 @@ impl StatusWriter {
             .await
         {
             // A conflict means a newer version is on its way through the watch.
-            self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
+            self.metrics.write_errors.inc();
             tracing::warn!(portrange = %ObjectKey::of(r), error = %e, "could not update finalizers");
         }
     }
@@ -289,13 +322,40 @@ impl StatusWriter {
             .await
         {
             Ok(_) => {
-                self.metrics.status_writes.fetch_add(1, Ordering::Relaxed);
+                self.metrics.status_writes.inc();
                 tracing::info!(portrange = %key, verdict = ?d.verdict, ports = %d.ports, "status written");
             }
             Err(e) => {
-                self.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
+                self.metrics.write_errors.inc();
                 tracing::warn!(portrange = %key, error = %e, "could not write status");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_operator_page_keeps_its_series_names() {
+        let m = Metrics::default();
+        m.leader.set(1);
+        m.accepted.set(3);
+        m.write_errors.inc();
+        m.reconcile.observe(Duration::from_millis(7));
+        let page = m.render();
+        for line in [
+            "# TYPE portiso_operator_leader gauge\nportiso_operator_leader 1\n",
+            "portiso_operator_portranges{verdict=\"accepted\"} 3\n",
+            "portiso_operator_portranges{verdict=\"refused\"} 0\n",
+            "# TYPE portiso_operator_status_writes_total counter\nportiso_operator_status_writes_total 0\n",
+            "portiso_operator_write_errors_total 1\n",
+            "portiso_operator_reconcile_seconds_bucket{le=\"0.005\"} 0\n",
+            "portiso_operator_reconcile_seconds_bucket{le=\"0.01\"} 1\n",
+            "portiso_operator_reconcile_seconds_count 1\n",
+        ] {
+            assert!(page.contains(line), "{line:?} in:\n{page}");
         }
     }
 }

@@ -29,6 +29,10 @@ pub fn parse_portranges_yaml(text: &str, source: &str) -> Result<Vec<PortRange>,
         document,
         message,
     };
+    if let Some(message) = nesting_problem(text) {
+        // Before the parser: it takes time quadratic in the nesting depth.
+        return Err(error(1, message));
+    }
     let mut ranges = Vec::new();
     // Two passes over the same documents: the first as untyped values to check apiVersion and
     // kind (which the typed struct ignores), the second typed, because only deserializing from
@@ -72,6 +76,59 @@ pub fn parse_portranges_yaml(text: &str, source: &str) -> Result<Vec<PortRange>,
     Ok(ranges)
 }
 
+/// How deep YAML flow collections (`[`, `{`) may nest: far beyond any real document (and
+/// serde_yaml refuses more than 128 levels of any kind anyway), low enough that the parser,
+/// whose time grows with the square of the depth, stays in milliseconds.
+const MAX_FLOW_DEPTH: usize = 1000;
+
+/// Why `text` is not even given to the YAML parser: flow collections nested deeper than
+/// [`MAX_FLOW_DEPTH`] (counted outside quotes and comments), with the line where they do.
+/// Text that deep would hold the parser for minutes (200k `[` took longer than 5 minutes).
+pub fn nesting_problem(text: &str) -> Option<String> {
+    let (mut depth, mut line, mut prev) = (0usize, 1usize, '\n');
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '[' | '{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Some(format!(
+                        "line {line}: [ and {{ nested deeper than {MAX_FLOW_DEPTH} levels"
+                    ));
+                }
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            // A quoted scalar starts after a blank or an indicator, not inside a word ("don't").
+            '\'' | '"' if prev.is_whitespace() || "[{,:-?".contains(prev) => {
+                let mut escaped = false;
+                for q in chars.by_ref() {
+                    if q == '\n' {
+                        line += 1;
+                    }
+                    if q == c && !escaped {
+                        break;
+                    }
+                    escaped = c == '"' && q == '\\' && !escaped;
+                }
+            }
+            '#' if prev.is_whitespace() => {
+                for q in chars.by_ref() {
+                    if q == '\n' {
+                        line += 1;
+                        break;
+                    }
+                }
+                prev = '\n';
+                continue;
+            }
+            '\n' => line += 1,
+            _ => {}
+        }
+        prev = c;
+    }
+    None
+}
+
 /// The first field of `spec` or of a port span that the types do not know. The API server
 /// would prune it silently; in a file it is most likely a typo (`uplink:` would otherwise
 /// quietly mean every uplink), so it is refused.
@@ -99,6 +156,14 @@ fn unknown_field(object: &serde_yaml::Mapping) -> Option<String> {
     let spans = spec.get("ports").and_then(serde_yaml::Value::as_sequence)?;
     spans.iter().enumerate().find_map(|(index, span)| {
         let key = stray(span.as_mapping()?, &SPAN_FIELDS)?;
+        // A field of the type, but nobody allocates its ports outside a cluster: refused
+        // rather than read as a span that silently owns nothing.
+        if key == "size" {
+            return Some(format!(
+                "spec.ports[{index}].size: size spans are allocated by the portiso operator in a \
+                 cluster; in a rangesDir file give start and end"
+            ));
+        }
         Some(format!(
             "spec.ports[{index}].{key}: unknown field: expected one of {}",
             SPAN_FIELDS.join(", ")

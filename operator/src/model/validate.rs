@@ -210,6 +210,9 @@ fn interface_name_problem(name: &str) -> Option<String> {
         .any(|c| c == '/' || c == ':' || c.is_whitespace())
     {
         Some(format!("{name:?} contains '/', ':' or whitespace: {fix}"))
+    } else if name.contains('\0') {
+        // The kernel reads the name as a C string: it would stop at the NUL.
+        Some(format!("{name:?} contains a NUL byte: {fix}"))
     } else {
         None
     }

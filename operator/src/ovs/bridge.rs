@@ -188,22 +188,14 @@ pub struct OvsPort {
     pub external_ids: BTreeMap<String, String>,
 }
 
-/// Every port the agent attached for a sandbox of `uplink` (bridge `bridge`), in one
-/// `ovs-vsctl` call: each call reads the whole Interface table, so one call per port would make
-/// a resync cost seconds with a thousand sandboxes.
+/// Every port the agent attached for a sandbox of `uplink` (bridge `bridge`) that OVS has
+/// numbered.
 pub fn list_sandbox_ports(
     ovs: &dyn OvsExec,
     uplink: &str,
     bridge: &str,
 ) -> Result<Vec<OvsPort>, OvsError> {
-    let json = ovs.vsctl(&[
-        "--format=json",
-        "--columns=name,ofport,type,external_ids",
-        "find",
-        "Interface",
-        &format!("external_ids:{EXT_ROLE}=sandbox"),
-    ])?;
-    Ok(parse_interface_rows(&json)
+    Ok(sandbox_interfaces(ovs)?
         .into_iter()
         .filter(|r| r.ofport > 0 && r.ids.get(EXT_UPLINK).map(String::as_str) == Some(uplink))
         .map(|r| OvsPort {
@@ -216,16 +208,36 @@ pub fn list_sandbox_ports(
         .collect())
 }
 
-struct InterfaceRow {
-    name: String,
-    ofport: i64,
-    iface_type: String,
-    ids: BTreeMap<String, String>,
+/// A sandbox's Interface row in OVSDB, whatever its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceRow {
+    pub name: String,
+    /// -1 while OVS has not numbered it, or could not open it.
+    pub ofport: i64,
+    /// `system` when OVSDB leaves the type empty.
+    pub iface_type: String,
+    pub ids: BTreeMap<String, String>,
+    /// OVS's reason it could not open the interface; empty if none.
+    pub error: String,
 }
 
-/// Reads `{"data":[[name, ofport, type, ["map", [[k, v], ...]]], ...], ...}` as
-/// `ovs-vsctl --format=json --columns=name,ofport,type,external_ids` prints it; an ofport not
-/// yet assigned (`["set",[]]`) reads as -1.
+/// Every Interface the agent made for a sandbox, on any bridge, in one `ovs-vsctl` call: each
+/// call reads the whole Interface table, so one call per port would make a resync cost
+/// seconds with a thousand sandboxes.
+pub fn sandbox_interfaces(ovs: &dyn OvsExec) -> Result<Vec<InterfaceRow>, OvsError> {
+    let json = ovs.vsctl(&[
+        "--format=json",
+        "--columns=name,ofport,type,external_ids,error",
+        "find",
+        "Interface",
+        &format!("external_ids:{EXT_ROLE}=sandbox"),
+    ])?;
+    Ok(parse_interface_rows(&json))
+}
+
+/// Reads `{"data":[[name, ofport, type, ["map", [[k, v], ...]], error], ...], ...}` as
+/// `ovs-vsctl --format=json --columns=name,ofport,type,external_ids,error` prints it; an unset
+/// ofport or error (`["set",[]]`) reads as -1 and "".
 fn parse_interface_rows(json: &str) -> Vec<InterfaceRow> {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
         return Vec::new();
@@ -254,6 +266,11 @@ fn parse_interface_rows(json: &str) -> Vec<InterfaceRow> {
                         ))
                     })
                     .collect(),
+                error: row
+                    .get(4)
+                    .and_then(|e| e.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
             })
         })
         .collect()
@@ -306,7 +323,7 @@ mod tests {
 
     #[test]
     fn reads_interface_rows() {
-        let json = r#"{"data":[["pi-a",3,"afxdp-nonpmd",["map",[["portiso-role","sandbox"],["portiso-ifname","eth0"]]]],["pi-b",["set",[]],"",["map",[]]]],"headings":["name","ofport","type","external_ids"]}"#;
+        let json = r#"{"data":[["pi-a",3,"afxdp-nonpmd",["map",[["portiso-role","sandbox"],["portiso-ifname","eth0"]]],["set",[]]],["pi-b",["set",[]],"",["map",[]],"could not open network device pi-b (No such device)"]],"headings":["name","ofport","type","external_ids","error"]}"#;
         let rows = parse_interface_rows(json);
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[0].name.as_str(), rows[0].ofport), ("pi-a", 3));

@@ -4,7 +4,7 @@ use super::{parse_cookies, parse_flow_count, parse_flow_stats, OvsError, OvsExec
 use crate::exec::{run, run_with_stdin};
 use crate::flows::FlowDiff;
 
-/// Runs ovs-vsctl / ovs-ofctl; OpenFlow 1.4 because bundles need it.
+/// Runs ovs-vsctl / ovs-ofctl (OpenFlow 1.4, because bundles need it) / ovs-appctl.
 #[derive(Debug, Default, Clone)]
 pub struct OvsCli;
 
@@ -38,6 +38,16 @@ impl OvsExec for OvsCli {
         })
     }
 
+    fn trace(&self, bridge: &str, flow: &str) -> Result<String, OvsError> {
+        let target = vswitchd_control_socket();
+        let mut argv = vec!["--timeout=10"];
+        if let Some(t) = &target {
+            argv.extend(["-t", t.as_str()]);
+        }
+        argv.extend(["ofproto/trace", bridge, flow]);
+        run("ovs-appctl", &argv)
+    }
+
     fn apply(&self, bridge: &str, diff: &FlowDiff) -> Result<(), OvsError> {
         if diff.is_empty() {
             return Ok(());
@@ -49,4 +59,16 @@ impl OvsExec for OvsCli {
         )
         .map(|_| ())
     }
+}
+
+/// Where `ovs-appctl` must look for ovs-vswitchd, when not where it looks by default. By
+/// default it reads the daemon's pidfile in the run directory (OVS_RUNDIR) and connects to
+/// `ovs-vswitchd.PID.ctl` there; a daemon started with a fixed `--unixctl` path, as OVS's own
+/// test suite and portiso's testbed start theirs, listens at `ovs-vswitchd.ctl` instead.
+fn vswitchd_control_socket() -> Option<String> {
+    let rundir = std::env::var_os("OVS_RUNDIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/var/run/openvswitch".into());
+    let fixed = rundir.join("ovs-vswitchd.ctl");
+    fixed.exists().then(|| fixed.display().to_string())
 }

@@ -17,6 +17,9 @@ pub struct FakeOvs {
     pub applied: Mutex<Vec<(String, FlowDiff)>>,
     /// Packets each flow (by cookie) has matched, as `flow_stats` reports them; 0 if absent.
     pub packets: Mutex<BTreeMap<u64, u64>>,
+    /// What `trace` answers, and the (bridge, flow) of every call.
+    pub trace_output: Mutex<String>,
+    pub traces: Mutex<Vec<(String, String)>>,
 }
 
 impl OvsExec for FakeOvs {
@@ -45,6 +48,14 @@ impl OvsExec for FakeOvs {
 
     fn flow_count(&self, bridge: &str) -> Result<usize, OvsError> {
         Ok(self.installed_cookies(bridge)?.len())
+    }
+
+    fn trace(&self, bridge: &str, flow: &str) -> Result<String, OvsError> {
+        self.traces
+            .lock()
+            .expect("lock")
+            .push((bridge.to_string(), flow.to_string()));
+        Ok(self.trace_output.lock().expect("lock").clone())
     }
 
     fn apply(&self, bridge: &str, diff: &FlowDiff) -> Result<(), OvsError> {

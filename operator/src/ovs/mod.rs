@@ -1,4 +1,4 @@
-//! The only place that touches Open vSwitch: `ovs-vsctl` and `ovs-ofctl` run as child
+//! The only place that touches Open vSwitch: `ovs-vsctl`, `ovs-ofctl` and `ovs-appctl` run as child
 //! processes behind the small `OvsExec` trait, which unit tests fake.
 //!
 //! Both tools find a private OVS instance through OVS_RUNDIR in the environment, which is how
@@ -30,6 +30,8 @@ pub trait OvsExec: Send {
     /// How many flows the bridge has: one small OpenFlow reply however many there are, so
     /// the agent's periodic check that OVS still holds its flows stays cheap.
     fn flow_count(&self, bridge: &str) -> Result<usize, OvsError>;
+    /// Runs `ovs-appctl ofproto/trace BRIDGE FLOW` (`portiso trace`) and returns its output.
+    fn trace(&self, bridge: &str, flow: &str) -> Result<String, OvsError>;
 }
 
 /// Shared handles work too (tests keep one to inspect what the agent did).
@@ -48,6 +50,9 @@ impl<T: OvsExec + Sync> OvsExec for std::sync::Arc<T> {
     }
     fn flow_count(&self, bridge: &str) -> Result<usize, OvsError> {
         (**self).flow_count(bridge)
+    }
+    fn trace(&self, bridge: &str, flow: &str) -> Result<String, OvsError> {
+        (**self).trace(bridge, flow)
     }
 }
 

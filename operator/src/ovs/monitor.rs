@@ -60,7 +60,9 @@ pub enum Parsed {
 }
 
 fn field(line: &str, key: &str) -> Option<String> {
-    line.split_whitespace()
+    // After conntrack the header lists the packet's metadata comma-separated, in_port last:
+    // `... total_len=1514 ct_state=new|trk,ct_zone=29009,...,ip,in_port=1 (via action) ...`.
+    line.split([' ', ','])
         .find_map(|w| w.strip_prefix(key))
         .map(str::to_string)
 }
@@ -243,6 +245,10 @@ icmp,vlan_tci=0x0000,dl_src=02:00:00:00:00:02,dl_dst=02:00:00:00:00:01,nw_src=10
             panic!("{got:?}")
         };
         assert_eq!(p.in_port, Some(1));
+        // After conntrack, the in-port closes a comma-separated list of metadata.
+        let header = "NXT_PACKET_IN2 (OF1.4) (xid=0x0): table_id=12 cookie=0x7023f2d7ac3684d4 total_len=1514 ct_state=new|trk,ct_zone=29009,ct_nw_src=198.51.100.7,ct_nw_dst=198.51.100.1,ct_nw_proto=17,ct_tp_src=4020,ct_tp_dst=10020,ip,in_port=3 (via action) data_len=1514 (unbuffered)";
+        assert_eq!(super::field(header, "in_port=").as_deref(), Some("3"));
+        assert_eq!(super::field(header, "data_len=").as_deref(), Some("1514"));
         assert_eq!(p.total_len, 70);
         assert!(!p.truncated());
         assert_eq!(p.data.len(), 70);

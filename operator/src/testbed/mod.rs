@@ -12,6 +12,7 @@
 //! everything is removed on drop, and leftovers of an earlier run with the same name are
 //! removed first.
 
+pub mod craft;
 pub mod kube;
 pub mod netns;
 pub mod ovs;
@@ -320,6 +321,11 @@ impl Testbed {
     }
 
     /// Creates an (empty) network namespace for a sandbox.
+    /// Whether the sandbox's namespace was created (and not yet removed) by this testbed.
+    pub fn has_sandbox(&self, sandbox: &str) -> bool {
+        self.sandboxes.contains(&self.sandbox_ns(sandbox))
+    }
+
     pub fn create_sandbox(&mut self, sandbox: &str) -> anyhow::Result<String> {
         let ns = self.sandbox_ns(sandbox);
         run("ip", &["netns", "add", &ns])?;
@@ -327,8 +333,8 @@ impl Testbed {
         Ok(ns)
     }
 
-    /// Runs portiso-cni as a CNI runtime would: env + network config on stdin.
-    /// Returns (exit success, stdout).
+    /// Runs portiso-cni as a CNI runtime on the node would: in the node's network namespace,
+    /// env + network config on stdin. Returns (exit success, stdout).
     pub fn cni(
         &self,
         command: &str,
@@ -337,15 +343,43 @@ impl Testbed {
         uplink: &str,
         version: &str,
     ) -> anyhow::Result<(bool, String)> {
-        let conf = serde_json::json!({
+        let none = serde_json::json!({});
+        let out = self
+            .cni_spawn(command, sandbox, ifname, uplink, version, &none)?
+            .wait_with_output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
+    }
+
+    /// Starts portiso-cni as [`Testbed::cni`] does, without waiting for it (collect it with
+    /// `wait_with_output`), with the keys of `extra` added to the network config (e.g.
+    /// `agentWaitSeconds`).
+    pub fn cni_spawn(
+        &self,
+        command: &str,
+        sandbox: &str,
+        ifname: &str,
+        uplink: &str,
+        version: &str,
+        extra: &serde_json::Value,
+    ) -> anyhow::Result<Child> {
+        use std::os::fd::AsFd;
+        use std::os::unix::process::CommandExt;
+        let mut conf = serde_json::json!({
             "cniVersion": version,
             "name": format!("portiso-{uplink}"),
             "type": "portiso-cni",
             "uplink": uplink,
             "agentSocket": self.socket(),
         });
-        let mut child = Command::new(&self.cni_bin)
-            .env("CNI_COMMAND", command)
+        if let (Some(conf), Some(extra)) = (conf.as_object_mut(), extra.as_object()) {
+            conf.extend(extra.clone());
+        }
+        let node_ns = std::fs::File::open(format!("/run/netns/{}", self.node))?;
+        let mut cmd = Command::new(&self.cni_bin);
+        cmd.env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", format!("ctr-{sandbox}"))
             .env(
                 "CNI_NETNS",
@@ -359,22 +393,28 @@ impl Testbed {
             .env("CNI_PATH", self.cni_bin.parent().unwrap_or(Path::new("/")))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
+            .stderr(Stdio::piped());
+        // The plugin runs where a runtime runs it, in the node's network namespace (with the
+        // agent and the veths: DEL removes the veth itself when the agent is down), entered
+        // between fork and exec so that nothing is added to the time it takes.
+        // SAFETY: setns is a plain system call, safe to make between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(node_ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd.spawn()?;
         if let Some(mut stdin) = child.stdin.take() {
             stdin.write_all(conf.to_string().as_bytes())?;
         }
-        let out = child.wait_with_output()?;
-        Ok((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        ))
+        Ok(child)
     }
 
     /// Creates a sandbox namespace and attaches it to `uplink` through the CNI plugin; fails
     /// with the plugin's error.
     pub fn attach(&mut self, sandbox: &str, uplink: &str) -> anyhow::Result<serde_json::Value> {
-        if !self.sandboxes.contains(&self.sandbox_ns(sandbox)) {
+        if !self.has_sandbox(sandbox) {
             self.create_sandbox(sandbox)?;
         }
         let ifname = if uplink == self.uplinks[0].name {

@@ -330,3 +330,80 @@ pub fn arrivals_at_web1_during(
     sender.join().unwrap();
     web1.join().unwrap().unwrap()
 }
+
+/// Binds UDP `port` in `ns` (the socket stays in that namespace) with a receive timeout.
+fn udp_socket_in(ns: &str, port: u16) -> UdpSocket {
+    run_in(ns, move || {
+        let s = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        s
+    })
+    .unwrap()
+}
+
+/// The payloads of the datagrams that reach `s` within `LISTEN`.
+fn datagrams(s: &UdpSocket) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = vec![0; 65536];
+    let deadline = std::time::Instant::now() + LISTEN;
+    while std::time::Instant::now() < deadline {
+        if let Ok(n) = s.recv(&mut buf) {
+            got.push(buf[..n].to_vec());
+        }
+    }
+    got
+}
+
+/// Sends one datagram of `payload` from `ns` (from `from_port`) to `to`: larger than the
+/// MTU, it leaves the sender's kernel as IP fragments.
+fn send_big(ns: &str, to: SocketAddr, from_port: u16, payload: Vec<u8>) {
+    run_in(ns, move || {
+        let s = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], from_port))).unwrap();
+        s.send_to(&payload, to).unwrap();
+    })
+    .unwrap();
+}
+
+/// A UDP datagram larger than the MTU crosses the bridge as fragments. Inbound it reaches
+/// the sandbox that owns its port whole, and nobody else any piece of it; outbound it leaves
+/// whole from a sandbox's own port, and not a fragment of it from a neighbour's.
+pub fn check_fragments(tb: &Testbed) {
+    let big = |tag: u8| -> Vec<u8> { (0..4000u32).map(|i| tag ^ (i % 251) as u8).collect() };
+    let receivers: Vec<(&str, UdpSocket)> = [
+        ("web1", tb.sandbox_ns("web1")),
+        ("web2", tb.sandbox_ns("web2")),
+        ("host", tb.node.clone()),
+    ]
+    .into_iter()
+    .map(|(who, ns)| (who, udp_socket_in(&ns, 10020)))
+    .collect();
+    let shared = SocketAddr::from(([198, 51, 100, 1], 10020));
+    send_big(&tb.outside, shared, 4020, big(1));
+    for (who, s) in &receivers {
+        let got = datagrams(s);
+        let want = if *who == "web1" { vec![big(1)] } else { vec![] };
+        assert!(
+            got == want,
+            "a fragmented datagram to web1's port 10020: {who} got {:?} datagrams of {:?} bytes; flows:\n{}\nagent log:\n{}",
+            got.len(),
+            got.iter().map(Vec::len).collect::<Vec<_>>(),
+            tb.dump_flows("br-up1").unwrap(),
+            tb.agent_log()
+        );
+    }
+
+    let peer = udp_socket_in(&tb.outside, 8090);
+    let to_peer = SocketAddr::from(([198, 51, 100, 7], 8090));
+    send_big(&tb.sandbox_ns("web1"), to_peer, 10021, big(2));
+    assert_eq!(
+        datagrams(&peer),
+        vec![big(2)],
+        "web1 from its own port 10021"
+    );
+    send_big(&tb.sandbox_ns("web2"), to_peer, 10022, big(3));
+    assert!(
+        datagrams(&peer).is_empty(),
+        "web2 from web1's port 10022: no fragment may leave"
+    );
+}

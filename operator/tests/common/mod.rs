@@ -4,6 +4,7 @@
 
 pub mod dataplane;
 pub mod kube;
+pub mod node;
 
 use portiso::testbed::Testbed;
 use std::path::Path;
@@ -50,4 +51,31 @@ pub fn portrange(
         y += &format!("  uplinks: [{}]\n", uplinks.join(", "));
     }
     y
+}
+
+/// The flows without their counters and ages: what must be equal after a restart.
+pub fn canonical_flows(tb: &Testbed) -> Vec<String> {
+    let dump = tb.dump_flows("br-up1").unwrap_or_default();
+    let mut flows: Vec<String> = dump
+        .lines()
+        .filter(|l| l.contains("cookie="))
+        .map(|l| {
+            l.split(", ")
+                .filter(|f| {
+                    ![
+                        "duration=",
+                        "n_packets=",
+                        "n_bytes=",
+                        "idle_age=",
+                        "hard_age=",
+                    ]
+                    .iter()
+                    .any(|p| f.trim_start().starts_with(p))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect();
+    flows.sort();
+    flows
 }

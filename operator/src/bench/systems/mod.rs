@@ -119,6 +119,17 @@ impl System {
         }
     }
 
+    /// Whether a node built for `self` serves `next` too, after [`switch_to`]: portiso rows
+    /// on the same kind of OVS port differ only in the agent's config.
+    pub fn shares_node_with(self, next: System) -> bool {
+        let ports = |s: System| {
+            s.portiso_datapath()
+                .and_then(|d| d.split("userspacePorts: ").nth(1))
+                .and_then(|rest| rest.split([',', '}']).next())
+        };
+        self != next && ports(self).is_some() && ports(self) == ports(next)
+    }
+
     /// Whether one address per sandbox is needed (so at most [`MAX_ADDRESSES`] sandboxes).
     fn address_per_sandbox(self) -> bool {
         !self.is_portiso()
@@ -225,7 +236,7 @@ pub struct Built {
     pub agent_datapath: Option<String>,
     pub setup: Duration,
     /// Removes everything on drop.
-    _guard: Guard,
+    guard: Guard,
 }
 
 /// A PortRange change for one sandbox until traffic reaches it on the new ports.
@@ -289,6 +300,15 @@ pub fn build(system: System, o: &BuildOptions) -> anyhow::Result<Built> {
     }?;
     b.setup = start.elapsed();
     Ok(b)
+}
+
+/// Makes `built` (a node built for a system that [`System::shares_node_with`] `next`) into
+/// `next`'s node.
+pub fn switch_to(built: &mut Built, next: System) -> anyhow::Result<()> {
+    let datapath = next
+        .portiso_datapath()
+        .ok_or_else(|| anyhow::anyhow!("{} is not a portiso row", next.label()))?;
+    portiso::switch_datapath(built, datapath)
 }
 
 /// The datapath OVS uses here: the one the agent would choose.
@@ -436,7 +456,7 @@ impl Built {
             agent_rss_kib: None,
             agent_datapath: None,
             setup: Duration::ZERO,
-            _guard: guard,
+            guard,
         }
     }
 
@@ -485,6 +505,16 @@ fn stop_ovs(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_portiso_rows_on_the_same_ports_share_a_node() {
+        assert!(System::Portiso.shares_node_with(System::PortisoFastpath));
+        assert!(System::PortisoFastpath.shares_node_with(System::Portiso));
+        assert!(!System::Portiso.shares_node_with(System::PortisoAfxdpNonpmd));
+        assert!(!System::Portiso.shares_node_with(System::Portiso));
+        assert!(!System::PlainOvs.shares_node_with(System::Portiso));
+        assert!(!System::RawVeth.shares_node_with(System::LinuxNat));
+    }
 
     #[test]
     fn plans_keep_to_the_address_plan_and_say_so() {
