@@ -119,9 +119,7 @@ fn call_waiting(conf: &NetConf, request: &Request, wait: Duration) -> Result<Res
     let mut pause = Duration::from_millis(50);
     loop {
         match call(&conf.agent_socket, request, conf.timeout) {
-            Err(e)
-                if (e.never_connected() || e.agent_went_away()) && Instant::now() < deadline =>
-            {
+            Err(e) if (e.never_connected() || e.agent_went_away()) && Instant::now() < deadline => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 std::thread::sleep(pause.min(left));
                 pause = (pause * 2).min(Duration::from_millis(500));

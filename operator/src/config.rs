@@ -193,6 +193,55 @@ struct RawConfig {
     datapath: Option<serde_yaml::Value>,
     gc_grace_seconds: Option<u64>,
     metrics_address: Option<String>,
+    sandbox_egress_limit: Option<RawEgressLimit>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawEgressLimit {
+    packets_per_second: u64,
+    burst: Option<u64>,
+}
+
+/// What each sandbox may send per second, enforced by an OpenFlow meter of its own, so that a
+/// flood from one sandbox cannot take the uplink (or OVS's time) from the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EgressLimit {
+    pub packets_per_second: u32,
+    /// Packets a sandbox may send at once above the rate after a quiet moment.
+    pub burst: u32,
+}
+
+/// Rates OVS's userspace meters take, in packets per second.
+const EGRESS_RATE: std::ops::RangeInclusive<u64> = 1..=100_000_000;
+
+fn parse_egress_limit(raw: &RawEgressLimit) -> Result<EgressLimit, (String, String)> {
+    let field = |f: &str| format!("sandboxEgressLimit.{f}");
+    if !EGRESS_RATE.contains(&raw.packets_per_second) {
+        return Err((
+            field("packetsPerSecond"),
+            format!(
+                "{} is outside 1-100000000: give each sandbox's packets per second, e.g. 50000, or leave sandboxEgressLimit out for no limit",
+                raw.packets_per_second
+            ),
+        ));
+    }
+    let rate = raw.packets_per_second as u32;
+    // A tenth of a second's worth by default, so that short bursts of a busy sandbox pass.
+    let burst = raw.burst.unwrap_or(u64::from((rate / 10).max(32)));
+    if burst == 0 || burst > u64::from(rate) * 10 {
+        return Err((
+            field("burst"),
+            format!(
+                "{burst} is outside 1-{}: at most ten seconds' worth of packetsPerSecond",
+                u64::from(rate) * 10
+            ),
+        ));
+    }
+    Ok(EgressLimit {
+        packets_per_second: rate,
+        burst: burst as u32,
+    })
 }
 
 /// One uplink: a NIC, the bridge built around it, and the address the host and its
@@ -228,6 +277,8 @@ pub struct AgentConfig {
     pub gc_grace: std::time::Duration,
     /// Where the agent serves Prometheus metrics (plain HTTP); None: it does not.
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Each sandbox's egress meter; None: no limit.
+    pub sandbox_egress_limit: Option<EgressLimit>,
 }
 
 impl AgentConfig {
@@ -319,6 +370,12 @@ impl AgentConfig {
                 .map(parse_metrics_address)
                 .transpose()
                 .map_err(|p| invalid("metricsAddress".into(), p))?,
+            sandbox_egress_limit: raw
+                .sandbox_egress_limit
+                .as_ref()
+                .map(parse_egress_limit)
+                .transpose()
+                .map_err(|(f, p)| invalid(f, p))?,
         })
     }
 
@@ -622,6 +679,45 @@ socket: /run/portiso/agent.sock
         assert!(e.contains("uplinks[0].name"), "{e}");
         let e = err(": : :");
         assert!(e.contains("t.yaml"), "{e}");
+    }
+
+    #[test]
+    fn the_egress_limit_is_optional_and_checked() {
+        let up = "uplinks: [{name: eth1, address: 198.51.100.1/24}]\n";
+        assert_eq!(
+            AgentConfig::parse(up, "t").unwrap().sandbox_egress_limit,
+            None
+        );
+        let c = AgentConfig::parse(
+            &format!("{up}sandboxEgressLimit: {{packetsPerSecond: 5000}}"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            c.sandbox_egress_limit,
+            Some(EgressLimit {
+                packets_per_second: 5000,
+                burst: 500
+            })
+        );
+        for (bad, field) in [
+            (
+                "{packetsPerSecond: 0}",
+                "sandboxEgressLimit.packetsPerSecond",
+            ),
+            (
+                "{packetsPerSecond: 1000, burst: 0}",
+                "sandboxEgressLimit.burst",
+            ),
+            (
+                "{packetsPerSecond: 1000, burst: 20000}",
+                "sandboxEgressLimit.burst",
+            ),
+            ("{packetsPerSecond: 1000, bytes: 5}", "bytes"),
+        ] {
+            let e = err(&format!("{up}sandboxEgressLimit: {bad}"));
+            assert!(e.contains(field), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -1621,3 +1621,34 @@ fn agent_metrics_port_config_service_and_service_monitor() {
     );
     assert_eq!(agent_metrics_port(&r), Some(9200));
 }
+
+#[test]
+fn the_sandbox_egress_limit_reaches_the_agent_config_only_when_set() {
+    assert_eq!(
+        parsed_agent_config(&render(&[], &[])).sandbox_egress_limit,
+        None
+    );
+    let r = render(
+        &[],
+        &[
+            "agent.sandboxEgressLimit.packetsPerSecond=5000",
+            "agent.sandboxEgressLimit.burst=700",
+        ],
+    );
+    assert_eq!(
+        parsed_agent_config(&r).sandbox_egress_limit,
+        Some(portiso::config::EgressLimit {
+            packets_per_second: 5000,
+            burst: 700
+        })
+    );
+    // The schema refuses a rate of zero before the agent would.
+    let e = render_release(
+        RELEASE,
+        &[],
+        &["agent.sandboxEgressLimit.packetsPerSecond=0"],
+    )
+    .err()
+    .expect("a zero rate is refused");
+    assert!(e.contains("packetsPerSecond"), "{e}");
+}

@@ -40,10 +40,6 @@ fn cni(tb: &Testbed, command: &str, sandbox: &str, extra: Value) -> (bool, Value
     (out.status.success(), v, took)
 }
 
-
-
-
-
 /// The host-side interfaces of the sandboxes the agent holds.
 fn agent_holds(tb: &Testbed) -> Vec<String> {
     match portiso_agent_api::call(&tb.socket(), &Request::Describe, Duration::from_secs(10)) {

@@ -10,7 +10,7 @@
 
 mod fuzzing;
 
-use fuzzing::{fuzz, nasty_string, nested};
+use fuzzing::{apply, fuzz, key, nasty_string, nested, Op, Seg};
 use portiso::config::{AgentConfig, DatapathChoice, FastPathChoice, PortTypeChoice};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -365,18 +365,6 @@ fn valid_configs_round_trip() {
 }
 
 #[derive(Debug, Clone)]
-enum Seg {
-    Key(String),
-    Index(usize),
-}
-
-#[derive(Debug, Clone)]
-enum Op {
-    Set(Value),
-    Remove,
-}
-
-#[derive(Debug, Clone)]
 struct Mutation {
     path: Vec<Seg>,
     op: Op,
@@ -384,38 +372,6 @@ struct Mutation {
     field: String,
     /// YAML may read the value as a string that is valid (e.g. `22` for "22").
     may_pass: bool,
-}
-
-fn key(k: &str) -> Seg {
-    Seg::Key(k.to_string())
-}
-
-fn apply(doc: &mut Value, path: &[Seg], op: &Op) {
-    let (last, parents) = path.split_last().expect("non-empty path");
-    let mut at = doc;
-    for seg in parents {
-        at = match seg {
-            Seg::Key(k) => &mut at[k.as_str()],
-            Seg::Index(i) => &mut at[*i],
-        };
-    }
-    match (last, op) {
-        (Seg::Key(k), Op::Set(v)) => at[k.as_str()] = v.clone(),
-        (Seg::Key(k), Op::Remove) => {
-            at.as_object_mut().map(|o| o.remove(k));
-        }
-        (Seg::Index(i), Op::Set(v)) => {
-            let list = at.as_array_mut().expect("a list");
-            if *i < list.len() {
-                list[*i] = v.clone();
-            } else {
-                list.push(v.clone());
-            }
-        }
-        (Seg::Index(i), Op::Remove) => {
-            at.as_array_mut().map(|l| l.remove(*i));
-        }
-    }
 }
 
 fn wrong_kind() -> Vec<Value> {

@@ -10,7 +10,7 @@
 
 mod fuzzing;
 
-use fuzzing::{fuzz, nasty_string, nested};
+use fuzzing::{apply, fuzz, key, nasty_string, nested, Op, Seg};
 use portiso::model::{
     arbitrate, expand_entries, overlapping_pairs, parse_portranges_yaml, validate, PortRange,
     ALLOCATABLE_SIZES,
@@ -358,19 +358,6 @@ fn valid_documents_round_trip() {
     );
 }
 
-/// One step of a path into a document.
-#[derive(Debug, Clone)]
-enum Seg {
-    Key(String),
-    Index(usize),
-}
-
-#[derive(Debug, Clone)]
-enum Op {
-    Set(Value),
-    Remove,
-}
-
 /// The field a mutation changes, and what it must lead to.
 #[derive(Debug, Clone)]
 struct Mutation {
@@ -382,38 +369,6 @@ struct Mutation {
     /// The mutation may leave a valid document (e.g. `5` where a string goes: YAML may read
     /// it as the string "5"); if it is refused, the error must still name the field.
     may_pass: bool,
-}
-
-fn apply(doc: &mut Value, path: &[Seg], op: &Op) {
-    let (last, parents) = path.split_last().expect("non-empty path");
-    let mut at = doc;
-    for seg in parents {
-        at = match seg {
-            Seg::Key(k) => &mut at[k.as_str()],
-            Seg::Index(i) => &mut at[*i],
-        };
-    }
-    match (last, op) {
-        (Seg::Key(k), Op::Set(v)) => at[k.as_str()] = v.clone(),
-        (Seg::Key(k), Op::Remove) => {
-            at.as_object_mut().map(|o| o.remove(k));
-        }
-        (Seg::Index(i), Op::Set(v)) => {
-            let list = at.as_array_mut().expect("a list");
-            if *i < list.len() {
-                list[*i] = v.clone();
-            } else {
-                list.push(v.clone());
-            }
-        }
-        (Seg::Index(i), Op::Remove) => {
-            at.as_array_mut().map(|l| l.remove(*i));
-        }
-    }
-}
-
-fn key(k: &str) -> Seg {
-    Seg::Key(k.to_string())
 }
 
 /// Wrong in any field: the wrong kind of value.

@@ -19,8 +19,6 @@ fn ranges() -> String {
         + &portrange("web4", "web4", &[("TCP", 10250, 10299)], &[])
 }
 
-
-
 /// The interfaces with a host-stack isolation chain (userspace datapath only).
 fn chains(tb: &Testbed) -> Vec<String> {
     tb.node_cmd("nft", &["list", "table", "netdev", "portiso"])
@@ -32,8 +30,6 @@ fn chains(tb: &Testbed) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
-
-
 
 fn host_if(sandbox: &str) -> String {
     host_if_name(&format!("ctr-{sandbox}"), "eth0")

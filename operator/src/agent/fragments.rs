@@ -201,37 +201,10 @@ fn first_fragment(f: &Fragment, in_port: u32, map: &PortMap) -> FragmentSteer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::icmp_errors::Span;
+    use crate::agent::icmp_errors::example_map;
 
     const SHARED: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
     const PEER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-
-    fn map() -> PortMap {
-        PortMap {
-            uplink_ofport: 1,
-            shared_ip: SHARED,
-            spans: vec![
-                Span {
-                    ofport: 2,
-                    protocol: Protocol::Udp,
-                    start: 10000,
-                    end: 10099,
-                },
-                Span {
-                    ofport: 3,
-                    protocol: Protocol::Udp,
-                    start: 10100,
-                    end: 10199,
-                },
-                Span {
-                    ofport: 3,
-                    protocol: Protocol::Tcp,
-                    start: 20000,
-                    end: 20099,
-                },
-            ],
-        }
-    }
 
     /// An Ethernet frame with an IPv4 fragment: `offset` in 8-byte units, then `payload`.
     fn fragment(
@@ -265,63 +238,107 @@ mod tests {
     fn inbound_fragments_follow_their_first_to_the_owner_of_its_port() {
         let (mut s, now) = (Fragments::default(), Instant::now());
         let first = fragment(PEER, SHARED, 7, 0, true, &udp_head(4000, 10150));
-        assert_eq!(s.steer(&first, 1, &map(), now).to, Destination::Port(3));
+        assert_eq!(
+            s.steer(&first, 1, &example_map(), now).to,
+            Destination::Port(3)
+        );
         let later = fragment(PEER, SHARED, 7, 185, false, &[0; 64]);
-        assert_eq!(s.steer(&later, 1, &map(), now).to, Destination::Port(3));
+        assert_eq!(
+            s.steer(&later, 1, &example_map(), now).to,
+            Destination::Port(3)
+        );
         // Another datagram (other id) to a port nobody owns: the host's, all of it.
         let first = fragment(PEER, SHARED, 8, 0, true, &udp_head(4000, 5000));
-        assert_eq!(s.steer(&first, 1, &map(), now).to, Destination::Host);
+        assert_eq!(
+            s.steer(&first, 1, &example_map(), now).to,
+            Destination::Host
+        );
         let later = fragment(PEER, SHARED, 8, 185, false, &[0; 64]);
-        assert_eq!(s.steer(&later, 1, &map(), now).to, Destination::Host);
-        // A TCP span does not own a UDP port.
-        let first = fragment(PEER, SHARED, 9, 0, true, &udp_head(4000, 20000));
-        assert_eq!(s.steer(&first, 1, &map(), now).to, Destination::Host);
+        assert_eq!(
+            s.steer(&later, 1, &example_map(), now).to,
+            Destination::Host
+        );
+        // web2's TCP span on the same numbers does not own a UDP port: web1's UDP span does.
+        let first = fragment(PEER, SHARED, 9, 0, true, &udp_head(4000, 10000));
+        assert_eq!(
+            s.steer(&first, 1, &example_map(), now).to,
+            Destination::Port(2)
+        );
     }
 
     #[test]
     fn a_later_fragment_without_its_first_goes_nowhere() {
         let (mut s, now) = (Fragments::default(), Instant::now());
         let later = fragment(PEER, SHARED, 7, 185, false, &[0; 64]);
-        assert_eq!(s.steer(&later, 1, &map(), now).to, Destination::Drop);
+        assert_eq!(
+            s.steer(&later, 1, &example_map(), now).to,
+            Destination::Drop
+        );
         // The first of another datagram with the same id from another in-port does not adopt it.
         let first = fragment(SHARED, PEER, 7, 0, true, &udp_head(10010, 8080));
-        assert_eq!(s.steer(&first, 2, &map(), now).to, Destination::Port(1));
-        assert_eq!(s.steer(&later, 1, &map(), now).to, Destination::Drop);
+        assert_eq!(
+            s.steer(&first, 2, &example_map(), now).to,
+            Destination::Port(1)
+        );
+        assert_eq!(
+            s.steer(&later, 1, &example_map(), now).to,
+            Destination::Drop
+        );
     }
 
     #[test]
     fn outbound_fragments_leave_only_from_the_senders_own_ports() {
         let (mut s, now) = (Fragments::default(), Instant::now());
         let own = fragment(SHARED, PEER, 1, 0, true, &udp_head(10010, 8080));
-        assert_eq!(s.steer(&own, 2, &map(), now).to, Destination::Port(1));
+        assert_eq!(
+            s.steer(&own, 2, &example_map(), now).to,
+            Destination::Port(1)
+        );
         let later = fragment(SHARED, PEER, 1, 185, false, &[0; 64]);
-        assert_eq!(s.steer(&later, 2, &map(), now).to, Destination::Port(1));
+        assert_eq!(
+            s.steer(&later, 2, &example_map(), now).to,
+            Destination::Port(1)
+        );
         // From the neighbour's port, and its later fragment: dropped.
         let foreign = fragment(SHARED, PEER, 2, 0, true, &udp_head(10150, 8080));
-        assert_eq!(s.steer(&foreign, 2, &map(), now).to, Destination::Drop);
+        assert_eq!(
+            s.steer(&foreign, 2, &example_map(), now).to,
+            Destination::Drop
+        );
         let later = fragment(SHARED, PEER, 2, 185, false, &[0; 64]);
-        assert_eq!(s.steer(&later, 2, &map(), now).to, Destination::Drop);
+        assert_eq!(
+            s.steer(&later, 2, &example_map(), now).to,
+            Destination::Drop
+        );
         // From the host's port, or cut short before the ports: dropped.
         let host = fragment(SHARED, PEER, 3, 0, true, &udp_head(5000, 8080));
-        assert_eq!(s.steer(&host, 2, &map(), now).to, Destination::Drop);
+        assert_eq!(s.steer(&host, 2, &example_map(), now).to, Destination::Drop);
         let short = fragment(SHARED, PEER, 4, 0, true, &[0x27, 0x1a]);
-        assert_eq!(s.steer(&short, 2, &map(), now).to, Destination::Drop);
+        assert_eq!(
+            s.steer(&short, 2, &example_map(), now).to,
+            Destination::Drop
+        );
     }
 
     #[test]
     fn decisions_are_forgotten_after_a_while_and_beyond_a_bound() {
         let (mut s, now) = (Fragments::default(), Instant::now());
         let first = fragment(PEER, SHARED, 7, 0, true, &udp_head(4000, 10010));
-        s.steer(&first, 1, &map(), now);
+        s.steer(&first, 1, &example_map(), now);
         let later = fragment(PEER, SHARED, 7, 185, false, &[0; 64]);
         assert_eq!(
-            s.steer(&later, 1, &map(), now + REMEMBER + Duration::from_secs(1))
-                .to,
+            s.steer(
+                &later,
+                1,
+                &example_map(),
+                now + REMEMBER + Duration::from_secs(1)
+            )
+            .to,
             Destination::Drop
         );
         for id in 0..(MAX_REMEMBERED as u16 + 10) {
             let first = fragment(PEER, SHARED, id, 0, true, &udp_head(4000, 10010));
-            s.steer(&first, 1, &map(), now);
+            s.steer(&first, 1, &example_map(), now);
         }
         assert!(s.decided.len() <= MAX_REMEMBERED && s.order.len() <= MAX_REMEMBERED);
     }

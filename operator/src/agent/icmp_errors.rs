@@ -160,39 +160,42 @@ pub fn steer(frame: &[u8], map: &PortMap) -> Steer {
     }
 }
 
+/// A bridge for unit tests: web1 (port 2) owns UDP 10000-10099; web2 (port 3) owns UDP
+/// 10100-10199 and TCP 10000-10099; the uplink is port 1 and the shared address 198.51.100.1.
+#[cfg(test)]
+pub(super) fn example_map() -> PortMap {
+    PortMap {
+        uplink_ofport: 1,
+        shared_ip: Ipv4Addr::new(198, 51, 100, 1),
+        spans: vec![
+            Span {
+                ofport: 2,
+                protocol: Protocol::Udp,
+                start: 10000,
+                end: 10099,
+            },
+            Span {
+                ofport: 3,
+                protocol: Protocol::Udp,
+                start: 10100,
+                end: 10199,
+            },
+            Span {
+                ofport: 3,
+                protocol: Protocol::Tcp,
+                start: 10000,
+                end: 10099,
+            },
+        ],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const SHARED: [u8; 4] = [198, 51, 100, 1];
     const PEER: [u8; 4] = [198, 51, 100, 7];
-
-    fn map() -> PortMap {
-        PortMap {
-            uplink_ofport: 1,
-            shared_ip: Ipv4Addr::from(SHARED),
-            spans: vec![
-                Span {
-                    ofport: 2,
-                    protocol: Protocol::Udp,
-                    start: 10000,
-                    end: 10099,
-                },
-                Span {
-                    ofport: 3,
-                    protocol: Protocol::Udp,
-                    start: 10100,
-                    end: 10199,
-                },
-                Span {
-                    ofport: 3,
-                    protocol: Protocol::Tcp,
-                    start: 10000,
-                    end: 10099,
-                },
-            ],
-        }
-    }
 
     /// An IPv4 header (checksum left 0: the steering never looks at it) with `options` bytes
     /// of options (a multiple of 4).
@@ -249,7 +252,7 @@ mod tests {
     }
 
     fn to(frame: &[u8]) -> Output {
-        steer(frame, &map()).to
+        steer(frame, &example_map()).to
     }
 
     #[test]
@@ -328,6 +331,7 @@ mod tests {
     #[test]
     fn the_port_map_follows_the_compilers_input() {
         let s = BridgeState {
+            egress_meter: false,
             uplink_ofport: 1,
             shared_ip: Ipv4Addr::from(SHARED),
             shared_mac: "02:00:00:00:00:01".into(),
@@ -346,7 +350,7 @@ mod tests {
         };
         let mut m = PortMap::from(&s);
         m.spans.sort_by_key(|s| (s.ofport, s.protocol, s.start));
-        let mut want = map();
+        let mut want = example_map();
         want.spans.sort_by_key(|s| (s.ofport, s.protocol, s.start));
         assert_eq!(m, want);
         assert_eq!(Output::Sandbox(3).action(), "output:3");

@@ -419,6 +419,45 @@ impl Agent {
         }
     }
 
+    /// The compiler's input for one uplink's bridge.
+    pub fn bridge_state(&self, u: &UplinkRuntime) -> crate::flows::BridgeState {
+        state::bridge_state(
+            &u.config,
+            u.uplink_ofport,
+            &u.mac,
+            &self.accepted,
+            &self.attachments,
+            self.config.sandbox_egress_limit.is_some(),
+        )
+    }
+
+    /// Brings one bridge's meters in line with its sandboxes: each sandbox's egress meter is
+    /// numbered as its OpenFlow port. Missing ones are added before the flows that use them,
+    /// and the caller removes meters of sandboxes that are gone after their flows (OVS would
+    /// delete a meter's flows with it).
+    fn add_meters(
+        &self,
+        s: &crate::flows::BridgeState,
+        bridge: &str,
+    ) -> Result<Vec<u32>, ovs::OvsError> {
+        let Some(limit) = self.config.sandbox_egress_limit else {
+            return Ok(Vec::new());
+        };
+        let present = self.ovs.meters(bridge)?;
+        for sb in s
+            .sandboxes
+            .iter()
+            .filter(|sb| !present.contains(&sb.ofport))
+        {
+            self.ovs
+                .add_meter(bridge, sb.ofport, limit.packets_per_second, limit.burst)?;
+        }
+        Ok(present
+            .into_iter()
+            .filter(|m| !s.sandboxes.iter().any(|sb| sb.ofport == *m))
+            .collect())
+    }
+
     /// Brings one bridge's flows in line with the state: one atomic bundle of only the flows
     /// that differ.
     pub fn reconcile(&self, uplink: &UplinkRuntime) -> Result<(), ovs::OvsError> {
@@ -430,13 +469,7 @@ impl Agent {
     }
 
     fn reconcile_flows(&self, uplink: &UplinkRuntime) -> Result<(), ovs::OvsError> {
-        let bridge_state = state::bridge_state(
-            &uplink.config,
-            uplink.uplink_ofport,
-            &uplink.mac,
-            &self.accepted,
-            &self.attachments,
-        );
+        let bridge_state = self.bridge_state(uplink);
         let desired = compile_bridge(&bridge_state);
         let bridge = &uplink.config.bridge;
         let installed = match self.installed_cookies(bridge) {
@@ -459,9 +492,13 @@ impl Agent {
             FastPath::compile(&bridge_state, uplink.ifindex, &host_ifs)
         });
         self.fast_path_step(uplink, fast_maps.as_ref(), FastPath::before_flows);
+        let stale_meters = self.add_meters(&bridge_state, bridge)?;
         if let Err(e) = self.ovs.apply(bridge, &d) {
             self.installed_cache().remove(bridge);
             return Err(e);
+        }
+        for m in stale_meters {
+            self.ovs.del_meter(bridge, m)?;
         }
         let mut now_installed = desired.cookies();
         now_installed.sort_unstable();
@@ -602,6 +639,30 @@ mod tests {
             labels: BTreeMap::from([(state::SANDBOX_LABEL.to_string(), name.to_string())]),
             local_ports: None,
         }
+    }
+
+    #[test]
+    fn each_sandbox_gets_its_own_meter_and_loses_it_with_its_flows() {
+        let ovs = Arc::new(FakeOvs::default());
+        let mut a = agent(ovs.clone());
+        a.config.sandbox_egress_limit = Some(crate::config::EgressLimit {
+            packets_per_second: 1000,
+            burst: 100,
+        });
+        a.reconcile_all().unwrap();
+        let meters = |ovs: &FakeOvs| ovs.meter_table.lock().unwrap()["br-eth1"].clone();
+        assert_eq!(
+            meters(&ovs),
+            crate::ovs::fake::Meters::from([(2, (1000, 100)), (3, (1000, 100))])
+        );
+        let first = ovs.applied.lock().unwrap()[0].1.clone();
+        assert!(first
+            .add
+            .iter()
+            .any(|f| f.actions.starts_with("meter:3,") && f.matches.contains("in_port=3")));
+        a.attachments.retain(|x| x.sandbox_name != "b");
+        a.reconcile_all().unwrap();
+        assert_eq!(meters(&ovs).keys().copied().collect::<Vec<_>>(), [2]);
     }
 
     #[test]

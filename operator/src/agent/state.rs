@@ -164,6 +164,7 @@ pub fn bridge_state(
     mac: &str,
     accepted: &[PortRange],
     attachments: &[Attachment],
+    egress_meter: bool,
 ) -> BridgeState {
     let owners = Owners::new(accepted, attachments);
     let mut sandboxes: Vec<SandboxPorts> = attachments
@@ -181,6 +182,7 @@ pub fn bridge_state(
         shared_ip: uplink.address,
         shared_mac: mac.to_string(),
         sandboxes,
+        egress_meter,
     }
 }
 

@@ -148,13 +148,7 @@ impl Agent {
         u: &UplinkRuntime,
         warnings: &mut Vec<String>,
     ) -> (UplinkStatus, Option<BTreeMap<u64, u64>>) {
-        let bridge_state = state::bridge_state(
-            &u.config,
-            u.uplink_ofport,
-            &u.mac,
-            &self.accepted,
-            &self.attachments,
-        );
+        let bridge_state = self.bridge_state(u);
         let flows = compile_bridge(&bridge_state).flows.len() as u64;
         let packets = match self.ovs.flow_stats(&u.config.bridge) {
             Ok(stats) => Some(stats.into_iter().collect()),
@@ -191,13 +185,7 @@ mod tests {
         let ovs = Arc::new(FakeOvs::default());
         let a = agent(ovs);
         for u in &a.uplinks {
-            let s = state::bridge_state(
-                &u.config,
-                u.uplink_ofport,
-                &u.mac,
-                &a.accepted,
-                &a.attachments,
-            );
+            let s = a.bridge_state(u);
             let compiled = compile_bridge(&s);
             for sb in &s.sandboxes {
                 let c = egress_drop_flow(sb.ofport).cookie();

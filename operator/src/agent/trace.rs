@@ -5,7 +5,7 @@
 //!
 //! The verdict is always OVS's own; the agent's state only names and explains it.
 
-use super::state::{self, Attachment, Owners};
+use super::state::{Attachment, Owners};
 use super::{Agent, UplinkRuntime};
 use crate::fastpath::{self, maps, FastPath};
 use crate::flows::{compile_bridge, table, FlowRef};
@@ -683,13 +683,7 @@ impl Agent {
         ovs_trace: String,
     ) -> TraceReport {
         let trace = parse_trace(&ovs_trace);
-        let bridge_state = state::bridge_state(
-            &u.config,
-            u.uplink_ofport,
-            &u.mac,
-            &self.accepted,
-            &self.attachments,
-        );
+        let bridge_state = self.bridge_state(u);
         let compiled = compile_bridge(&bridge_state);
         let by_cookie: HashMap<u64, FlowRef> =
             compiled.flows.iter().map(|f| (f.cookie(), f)).collect();
@@ -1364,13 +1358,7 @@ Datapath actions: ct(commit,zone=29008,mark=0x2/0xffffffff),2
 
     fn compiled(a: &Agent) -> crate::flows::FlowTable {
         let u = &a.uplinks[0];
-        compile_bridge(&state::bridge_state(
-            &u.config,
-            u.uplink_ofport,
-            &u.mac,
-            &a.accepted,
-            &a.attachments,
-        ))
+        compile_bridge(&a.bridge_state(u))
     }
 
     /// What ovs-appctl prints for a packet that meets `flows` (as OVS 3.1 lays it out).

@@ -115,8 +115,11 @@ pub fn compile(
                     (bits, PortKey::new(uplink_ifindex, protocol, block.value)),
                     ifindex,
                 );
-                m.egress
-                    .insert((bits, PortKey::new(ifindex, protocol, block.value)));
+                // A metered sandbox sends through OVS, where its meter is.
+                if !s.egress_meter {
+                    m.egress
+                        .insert((bits, PortKey::new(ifindex, protocol, block.value)));
+                }
             }
         }
     }
@@ -153,6 +156,7 @@ mod tests {
 
     fn state() -> BridgeState {
         BridgeState {
+            egress_meter: false,
             uplink_ofport: 1,
             shared_ip: Ipv4Addr::new(198, 51, 100, 1),
             shared_mac: "02:00:00:00:00:01".into(),

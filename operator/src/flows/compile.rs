@@ -51,6 +51,9 @@ pub struct BridgeState {
     pub shared_ip: Ipv4Addr,
     pub shared_mac: String,
     pub sandboxes: Vec<SandboxPorts>,
+    /// Whether what a sandbox sends passes its own OpenFlow meter (numbered as its port)
+    /// before the uplink: the agent config's `sandboxEgressLimit`.
+    pub egress_meter: bool,
 }
 
 /// Matches the fragments of a UDP datagram that conntrack reassembled without finding fault.
@@ -264,8 +267,26 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     for sb in &sandboxes {
         w.flow(table::FROM_SANDBOX, 10, &["in_port=", &sb.ofport], drop);
     }
+    // What a sandbox may send goes to the uplink through its meter, when there are meters.
+    let from_sandbox: Vec<Span> = sandboxes
+        .iter()
+        .map(|sb| {
+            if s.egress_meter {
+                w.text(&["meter:", &sb.ofport, ",output:", &up])
+            } else {
+                to_uplink
+            }
+        })
+        .collect();
+    let meter_of = |sb: &Sandbox| {
+        if s.egress_meter {
+            format!("meter:{},", sb.ofport)
+        } else {
+            String::new()
+        }
+    };
     // A sandbox may ask (never answer) ARP, and only as the shared address.
-    for sb in &sandboxes {
+    for (sb, &out) in sandboxes.iter().zip(&from_sandbox) {
         w.flow(
             table::FROM_SANDBOX,
             150,
@@ -279,18 +300,24 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
                 ",arp_sha=",
                 mac,
             ],
-            to_uplink,
+            out,
         );
     }
     // ICMP errors, and echo requests through conntrack, which remembers the sender in ct_mark
     // for the reply.
     let commit = format!("ct(commit,zone={CT_ZONE},exec(set_field:");
-    for sb in &sandboxes {
+    for (sb, &out) in sandboxes.iter().zip(&from_sandbox) {
         for t in &sandbox_icmp {
             let actions = if *t == echo_request {
-                w.text(&[&commit, &sb.ofport, "->ct_mark)),output:", &up])
+                w.text(&[
+                    &meter_of(sb),
+                    &commit,
+                    &sb.ofport,
+                    "->ct_mark)),output:",
+                    &up,
+                ])
             } else {
-                to_uplink
+                out
             };
             let m = ["icmp,in_port=", &sb.ofport, &from_shared, ",icmp_type=", t];
             w.flow(table::FROM_SANDBOX, 150, &m, actions);
@@ -299,14 +326,14 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     // TCP/UDP only from its own ports, with the shared addresses.
     let mut prefix = String::new();
     for (k, (_, name)) in PROTOCOLS.iter().enumerate() {
-        for sb in &sandboxes {
+        for (sb, &out) in sandboxes.iter().zip(&from_sandbox) {
             prefix.clear();
             for part in [name, ",in_port=", &sb.ofport, &from_shared, ",tp_src="] {
                 prefix.push_str(part);
             }
             for block in &blocks[k][sb.blocks[k].clone()] {
                 let tp_src = block.as_bytes(&mut text);
-                w.flow_ascii(table::FROM_SANDBOX, 200, &prefix, tp_src, to_uplink);
+                w.flow_ascii(table::FROM_SANDBOX, 200, &prefix, tp_src, out);
             }
         }
     }
@@ -438,6 +465,7 @@ mod tests {
                 ofport: 2,
                 ports: vec![(Protocol::Udp, 10000, 10099)],
             }],
+            egress_meter: false,
         }
     }
 
@@ -463,6 +491,26 @@ mod tests {
             .flows
             .iter()
             .all(|f| !(f.actions.starts_with("controller") && f.matches.contains("icmp_type=0"))));
+    }
+
+    #[test]
+    fn with_meters_everything_a_sandbox_may_send_passes_its_own_meter_first() {
+        let mut s = state();
+        s.egress_meter = true;
+        let t = compile_bridge(&s);
+        let allowed: Vec<FlowRef> = t
+            .flows
+            .iter()
+            .filter(|f| f.table == table::FROM_SANDBOX && f.actions.contains("output:1"))
+            .collect();
+        assert!(allowed.len() >= 5, "{}", t.render());
+        for f in allowed {
+            assert!(f.actions.starts_with("meter:2,"), "{f:?}");
+        }
+        // Without meters the same flows, without the meter.
+        let plain = compile_bridge(&state());
+        assert_eq!(plain.flows.len(), t.flows.len());
+        assert!(plain.flows.iter().all(|f| !f.actions.contains("meter:")));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `OvsExec` by running the real tools.
 
-use super::{parse_cookies, parse_flow_count, parse_flow_stats, OvsError, OvsExec};
+use super::{
+    parse_cookies, parse_flow_count, parse_flow_stats, parse_meter_ids, OvsError, OvsExec,
+};
 use crate::exec::{run, run_with_stdin};
 use crate::flows::FlowDiff;
 
@@ -46,6 +48,32 @@ impl OvsExec for OvsCli {
         }
         argv.extend(["ofproto/trace", bridge, flow]);
         run("ovs-appctl", &argv)
+    }
+
+    fn meters(&self, bridge: &str) -> Result<Vec<u32>, OvsError> {
+        Ok(parse_meter_ids(&run(
+            "ovs-ofctl",
+            &["-O", "OpenFlow14", "dump-meters", bridge],
+        )?))
+    }
+
+    fn add_meter(&self, bridge: &str, id: u32, rate: u32, burst: u32) -> Result<(), OvsError> {
+        let meter =
+            format!("meter={id},pktps,burst,stats,bands=type=drop,rate={rate},burst_size={burst}");
+        run(
+            "ovs-ofctl",
+            &["-O", "OpenFlow14", "add-meter", bridge, &meter],
+        )
+        .map(|_| ())
+    }
+
+    fn del_meter(&self, bridge: &str, id: u32) -> Result<(), OvsError> {
+        let meter = format!("meter={id}");
+        run(
+            "ovs-ofctl",
+            &["-O", "OpenFlow14", "del-meter", bridge, &meter],
+        )
+        .map(|_| ())
     }
 
     fn apply(&self, bridge: &str, diff: &FlowDiff) -> Result<(), OvsError> {

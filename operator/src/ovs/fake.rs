@@ -9,6 +9,9 @@ use std::sync::Mutex;
 pub const FAKE_IFACE_TYPES: &str =
     "[afxdp, afxdp-nonpmd, bareudp, erspan, geneve, gre, internal, system, tap, vxlan]\n";
 
+/// A bridge's meters: id -> (rate, burst).
+pub type Meters = BTreeMap<u32, (u32, u32)>;
+
 #[derive(Default)]
 pub struct FakeOvs {
     pub vsctl_calls: Mutex<Vec<Vec<String>>>,
@@ -20,6 +23,8 @@ pub struct FakeOvs {
     /// What `trace` answers, and the (bridge, flow) of every call.
     pub trace_output: Mutex<String>,
     pub traces: Mutex<Vec<(String, String)>>,
+    /// Meters per bridge.
+    pub meter_table: Mutex<BTreeMap<String, Meters>>,
 }
 
 impl OvsExec for FakeOvs {
@@ -56,6 +61,29 @@ impl OvsExec for FakeOvs {
             .expect("lock")
             .push((bridge.to_string(), flow.to_string()));
         Ok(self.trace_output.lock().expect("lock").clone())
+    }
+
+    fn meters(&self, bridge: &str) -> Result<Vec<u32>, OvsError> {
+        let meters = self.meter_table.lock().expect("lock");
+        Ok(meters
+            .get(bridge)
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default())
+    }
+
+    fn add_meter(&self, bridge: &str, id: u32, rate: u32, burst: u32) -> Result<(), OvsError> {
+        let mut meters = self.meter_table.lock().expect("lock");
+        meters
+            .entry(bridge.to_string())
+            .or_default()
+            .insert(id, (rate, burst));
+        Ok(())
+    }
+
+    fn del_meter(&self, bridge: &str, id: u32) -> Result<(), OvsError> {
+        let mut meters = self.meter_table.lock().expect("lock");
+        meters.entry(bridge.to_string()).or_default().remove(&id);
+        Ok(())
     }
 
     fn apply(&self, bridge: &str, diff: &FlowDiff) -> Result<(), OvsError> {

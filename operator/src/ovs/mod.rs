@@ -32,6 +32,11 @@ pub trait OvsExec: Send {
     fn flow_count(&self, bridge: &str) -> Result<usize, OvsError>;
     /// Runs `ovs-appctl ofproto/trace BRIDGE FLOW` (`portiso trace`) and returns its output.
     fn trace(&self, bridge: &str, flow: &str) -> Result<String, OvsError>;
+    /// The ids of the bridge's meters.
+    fn meters(&self, bridge: &str) -> Result<Vec<u32>, OvsError>;
+    /// Adds meter `id`: at most `rate` packets per second after `burst`, the rest dropped.
+    fn add_meter(&self, bridge: &str, id: u32, rate: u32, burst: u32) -> Result<(), OvsError>;
+    fn del_meter(&self, bridge: &str, id: u32) -> Result<(), OvsError>;
 }
 
 /// Shared handles work too (tests keep one to inspect what the agent did).
@@ -53,6 +58,15 @@ impl<T: OvsExec + Sync> OvsExec for std::sync::Arc<T> {
     }
     fn trace(&self, bridge: &str, flow: &str) -> Result<String, OvsError> {
         (**self).trace(bridge, flow)
+    }
+    fn meters(&self, bridge: &str) -> Result<Vec<u32>, OvsError> {
+        (**self).meters(bridge)
+    }
+    fn add_meter(&self, bridge: &str, id: u32, rate: u32, burst: u32) -> Result<(), OvsError> {
+        (**self).add_meter(bridge, id, rate, burst)
+    }
+    fn del_meter(&self, bridge: &str, id: u32) -> Result<(), OvsError> {
+        (**self).del_meter(bridge, id)
     }
 }
 
@@ -84,6 +98,13 @@ pub fn parse_flow_stats(dump: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Reads the meter ids from `ovs-ofctl dump-meters` output (`meter=2 pktps burst ...`).
+pub fn parse_meter_ids(dump: &str) -> Vec<u32> {
+    dump.split_whitespace()
+        .filter_map(|w| w.strip_prefix("meter=")?.parse().ok())
+        .collect()
+}
+
 /// Reads `flow_count=N` from `ovs-ofctl dump-aggregate` output.
 pub fn parse_flow_count(reply: &str) -> Option<usize> {
     reply
@@ -94,6 +115,12 @@ pub fn parse_flow_count(reply: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parses_meter_ids_from_a_dump() {
+        let dump = "OFPST_METER_CONFIG reply (OF1.4) (xid=0x2):\nmeter=2 pktps burst stats bands=\ntype=drop rate=1000 burst_size=100\n\nmeter=17 pktps burst stats bands=\ntype=drop rate=1000 burst_size=100\n";
+        assert_eq!(super::parse_meter_ids(dump), vec![2, 17]);
+    }
+
     #[test]
     fn parses_the_flow_count_of_an_aggregate_reply() {
         let reply = "OFPST_AGGREGATE reply (OF1.4) (xid=0x2): packet_count=0 byte_count=0 flow_count=10000\n";

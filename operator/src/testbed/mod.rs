@@ -58,6 +58,8 @@ pub struct Testbed {
     /// The agent config's `datapath:` value, if any: from [`DATAPATH_ENV`] unless a test sets
     /// it before starting the agent.
     pub datapath: Option<String>,
+    /// More lines for the agent config (e.g. `sandboxEgressLimit: ...`), set before starting it.
+    pub extra_config: String,
     agent: Option<Child>,
     sandboxes: Vec<String>,
 }
@@ -108,6 +110,7 @@ impl Testbed {
             datapath: std::env::var(DATAPATH_ENV)
                 .ok()
                 .filter(|d| !d.trim().is_empty()),
+            extra_config: String::new(),
             dir,
             agent: None,
             sandboxes: Vec::new(),
@@ -197,6 +200,7 @@ impl Testbed {
             self.socket().display()
         );
         y += &format!("datapath: {}\n", self.datapath_yaml());
+        y += &self.extra_config;
         y
     }
 

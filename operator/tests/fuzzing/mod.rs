@@ -153,3 +153,50 @@ pub fn nasty_string() -> proptest::strategy::BoxedStrategy<String> {
 pub fn nested(depth: usize) -> String {
     format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
 }
+
+/// One step of a path into a JSON document.
+#[derive(Debug, Clone)]
+pub enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// What a structure-aware mutation does at the end of its path.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Set(serde_json::Value),
+    Remove,
+}
+
+pub fn key(k: &str) -> Seg {
+    Seg::Key(k.to_string())
+}
+
+/// Applies `op` at `path` in `doc` (a list index past the end appends).
+pub fn apply(doc: &mut serde_json::Value, path: &[Seg], op: &Op) {
+    let (last, parents) = path.split_last().expect("non-empty path");
+    let mut at = doc;
+    for seg in parents {
+        at = match seg {
+            Seg::Key(k) => &mut at[k.as_str()],
+            Seg::Index(i) => &mut at[*i],
+        };
+    }
+    match (last, op) {
+        (Seg::Key(k), Op::Set(v)) => at[k.as_str()] = v.clone(),
+        (Seg::Key(k), Op::Remove) => {
+            at.as_object_mut().map(|o| o.remove(k));
+        }
+        (Seg::Index(i), Op::Set(v)) => {
+            let list = at.as_array_mut().expect("a list");
+            if *i < list.len() {
+                list[*i] = v.clone();
+            } else {
+                list.push(v.clone());
+            }
+        }
+        (Seg::Index(i), Op::Remove) => {
+            at.as_array_mut().map(|l| l.remove(*i));
+        }
+    }
+}

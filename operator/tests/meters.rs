@@ -1,0 +1,121 @@
+//! A flood from one sandbox, with `sandboxEgressLimit`: the flooding sandbox's own meter drops
+//! what exceeds its rate, and its neighbour's paced stream arrives whole. With the fast path
+//! on (the default), metered sandboxes send through OVS, where the meters are.
+
+mod common;
+
+use common::dataplane::{attach_web, web_ranges};
+use common::testbed_with;
+use portiso::testbed::netns::run_in;
+use portiso::testbed::Testbed;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+const RATE: u32 = 1000;
+const BURST: u32 = 100;
+const PEER: [u8; 4] = [198, 51, 100, 7];
+
+/// Counts datagrams arriving at the peer's `port` until `window` has passed.
+fn peer_counter(tb: &Testbed, port: u16, window: Duration) -> std::thread::JoinHandle<usize> {
+    let s = run_in(&tb.outside, move || {
+        let s = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        s
+    })
+    .unwrap();
+    std::thread::spawn(move || {
+        let (mut n, mut buf, end) = (0, [0u8; 2048], Instant::now() + window);
+        while Instant::now() < end {
+            if s.recv(&mut buf).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    })
+}
+
+/// The packets meter `id` on br-up1 dropped, from `ovs-ofctl meter-stats`.
+fn meter_drops(tb: &Testbed, id: &str) -> u64 {
+    let stats = tb
+        .node_cmd(
+            "ovs-ofctl",
+            &[
+                "-O",
+                "OpenFlow14",
+                "meter-stats",
+                "br-up1",
+                &format!("meter={id}"),
+            ],
+        )
+        .unwrap();
+    // "meter:2 flow_count:9 packet_in_count:... 0: packet_count:1234 byte_count:..."
+    stats
+        .split("0: packet_count:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_flooding_sandbox_is_held_to_its_rate_and_its_neighbour_is_not_starved() {
+    let mut tb = testbed_with("mtrflood", &web_ranges(), None, |_| {});
+    tb.kill_agent();
+    tb.extra_config = format!("sandboxEgressLimit: {{packetsPerSecond: {RATE}, burst: {BURST}}}\n");
+    tb.start_agent().unwrap();
+    // web1 gets OpenFlow port 2 and web2 port 3: their meters' ids.
+    attach_web(&mut tb);
+
+    let window = Duration::from_secs(4);
+    let flood_seen = peer_counter(&tb, 8095, window);
+    let paced_seen = peer_counter(&tb, 8096, window);
+    // web2 floods from its own port as fast as it can for 2 s; web1 sends 400 paced at 200/s.
+    let flood = {
+        let ns = tb.sandbox_ns("web2");
+        std::thread::spawn(move || {
+            run_in(&ns, || {
+                let s = UdpSocket::bind("0.0.0.0:10150").unwrap();
+                let (end, mut sent) = (Instant::now() + Duration::from_secs(2), 0usize);
+                while Instant::now() < end {
+                    if s.send_to(b"flood", SocketAddr::from((PEER, 8095))).is_ok() {
+                        sent += 1;
+                    }
+                }
+                sent
+            })
+            .unwrap()
+        })
+    };
+    let paced = run_in(&tb.sandbox_ns("web1"), || {
+        let s = UdpSocket::bind("0.0.0.0:10050").unwrap();
+        let start = Instant::now();
+        for i in 0..400u32 {
+            s.send_to(b"paced", SocketAddr::from((PEER, 8096))).unwrap();
+            let due = start + Duration::from_millis(5 * u64::from(i + 1));
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        400usize
+    })
+    .unwrap();
+    let flooded = flood.join().unwrap();
+    let (flood_got, paced_got) = (flood_seen.join().unwrap(), paced_seen.join().unwrap());
+    let drops = meter_drops(&tb, "3");
+    eprintln!(
+        "web2 flooded {flooded} datagrams in 2 s: {flood_got} left (meter dropped {drops}); web1's paced {paced}: {paced_got} arrived"
+    );
+    assert_eq!(paced_got, paced, "web1's paced stream is not starved");
+    assert!(
+        flooded > 4 * (RATE as usize) * 2,
+        "the flood was a flood: {flooded}"
+    );
+    // 2 s at the rate plus the burst, with room for timing at the edges.
+    let bound = (2 * RATE + BURST) as usize * 13 / 10;
+    assert!(
+        flood_got > 0 && flood_got <= bound,
+        "web2 held to its rate: {flood_got} arrived, at most {bound} allowed"
+    );
+    assert!(drops > 0, "the meter counted its drops");
+}
