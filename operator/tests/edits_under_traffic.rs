@@ -1,5 +1,5 @@
 //! Changes to the node's state while traffic flows, with the fast path on and off: a range
-//! moved from one sandbox to another, and a sandbox removed. A steady UDP stream is counted at
+//! moved from one sandbox to another, its PortRange deleted, and a sandbox removed. A steady UDP stream is counted at
 //! every sandbox: nothing is lost, nothing arrives twice or at the wrong sandbox, and only the
 //! flows of what changed are touched.
 
@@ -121,6 +121,35 @@ fn moving_a_range_and_removing_a_sandbox(tag: &str, datapath: &str) {
             "a flow outside the moved range changed: {f}"
         );
     }
+
+    // The moved range's PortRange is deleted while datagrams flow to it and to web1's port:
+    // the range's datagrams go to the host from then on, web1's lose nothing.
+    let fixed = counters(&tb, to_10010);
+    let moving = counters(&tb, to_10505);
+    let sender = stream(&tb, vec![10010, 10505]);
+    std::thread::sleep(Duration::from_secs(1));
+    tb.write_ranges("ranges.yaml", &web_ranges()).unwrap();
+    let sent = sender.join().unwrap();
+    let [fixed_web1, _] = joined(fixed);
+    let [moving_web1, moving_web2] = joined(moving);
+    eprintln!(
+        "{datapath}: range deleted: web2 got {moving_web2} of {sent} before; web1's own port: {fixed_web1} of {sent}"
+    );
+    assert_eq!(
+        fixed_web1, sent,
+        "web1's own port while another range went away"
+    );
+    assert_eq!(moving_web1, 0, "the deleted range never reaches web1");
+    assert!(
+        moving_web2 > 0 && moving_web2 < sent,
+        "web2 had the range until it was deleted: {moving_web2} of {sent}"
+    );
+    assert!(
+        !canonical_flows(&tb)
+            .iter()
+            .any(|f| MOVING_BLOCKS.iter().any(|b| f.contains(b))),
+        "no flow of the deleted range is left"
+    );
 
     // web2 is removed while web1's stream flows.
     let fixed = counters(&tb, to_10010);

@@ -386,26 +386,7 @@ fn wrong_kind() -> Vec<Value> {
 }
 
 fn bad_interface_names() -> Vec<Value> {
-    let mut v: Vec<Value> = [
-        "",
-        ".",
-        "..",
-        "a-very-long-interface",
-        "br/0",
-        "eth0:1",
-        "a b",
-        "a\tb",
-        "a\nb",
-        "a\rb",
-        "a\u{b}b",
-        "a\u{c}b",
-        "a\0b",
-        "\0",
-        "éééééééé",
-    ]
-    .into_iter()
-    .map(Value::from)
-    .collect();
+    let mut v = fuzzing::bad_interface_names();
     v.extend(wrong_kind());
     v
 }

@@ -168,6 +168,46 @@ pub struct Rate {
     pub p99_us: f64,
     pub completed: u64,
     pub failed: u64,
+    /// Busy CPU time of the whole machine (all CPUs: client, server, switch, kernel) per
+    /// completed operation while it ran; None where /proc/stat cannot be read.
+    pub cpu_us_per_op: Option<f64>,
+}
+
+/// The machine's busy CPU time so far, over all CPUs (user, nice, system, irq, softirq,
+/// steal: everything but idle and iowait), from the first line of /proc/stat.
+fn busy_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let busy: u64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    // SAFETY: sysconf only reads a constant of the C library.
+    let hz = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(busy as f64 / hz as f64))
+}
+
+/// `r` with the CPU time spent since `before` spread over its completed operations.
+fn with_cpu(mut r: Rate, before: Option<Duration>) -> Rate {
+    r.cpu_us_per_op = match (before, busy_cpu()) {
+        (Some(b), Some(a)) if r.completed > 0 => {
+            Some(a.saturating_sub(b).as_secs_f64() * 1e6 / r.completed as f64)
+        }
+        _ => None,
+    };
+    r
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -186,6 +226,7 @@ fn rate(mut lat_us: Vec<u32>, failed: u64, elapsed: Duration) -> Rate {
         p99_us: percentile(&lat_us, 0.99),
         completed: lat_us.len() as u64,
         failed,
+        cpu_us_per_op: None,
     }
 }
 
@@ -264,6 +305,7 @@ pub fn connection_rate(
     Ok(run_in(peer_ns, move || {
         let mut lat = Vec::new();
         let mut failed = 0;
+        let cpu = busy_cpu();
         let start = Instant::now();
         let mut k = 0;
         while start.elapsed() < dur && !interrupted.load(Ordering::Relaxed) {
@@ -274,7 +316,7 @@ pub fn connection_rate(
             }
             k += 1;
         }
-        rate(lat, failed, start.elapsed())
+        with_cpu(rate(lat, failed, start.elapsed()), cpu)
     })?)
 }
 
@@ -290,6 +332,7 @@ pub fn udp_rate(
         let sock = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0)))?;
         let mut lat = Vec::new();
         let mut failed = 0;
+        let cpu = busy_cpu();
         let start = Instant::now();
         let mut seq: u64 = 1 << 32;
         while start.elapsed() < dur && !interrupted.load(Ordering::Relaxed) {
@@ -301,7 +344,7 @@ pub fn udp_rate(
             }
             seq += 1;
         }
-        Ok(rate(lat, failed, start.elapsed()))
+        Ok(with_cpu(rate(lat, failed, start.elapsed()), cpu))
     })?
 }
 
@@ -344,4 +387,18 @@ pub fn throughput(
         longest = longest.max(d);
     }
     Ok(bytes as f64 * 8.0 / longest.as_secs_f64() / 1e9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_read_and_spread_over_completed_operations() {
+        let before = busy_cpu().expect("/proc/stat");
+        let r = with_cpu(rate(vec![10; 4], 0, Duration::from_secs(1)), Some(before));
+        assert!(r.cpu_us_per_op.is_some_and(|us| us >= 0.0), "{r:?}");
+        let none = with_cpu(rate(vec![], 0, Duration::from_secs(1)), Some(before));
+        assert_eq!(none.cpu_us_per_op, None);
+    }
 }

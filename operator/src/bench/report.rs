@@ -261,6 +261,7 @@ pub fn render(r: &Report) -> String {
         {
             s += &portiso_line(p);
         }
+        s += &cpu_line(r.results.iter().filter(|m| m.sandboxes == n));
         let failed: u64 = r
             .results
             .iter()
@@ -298,6 +299,25 @@ pub fn render(r: &Report) -> String {
         s += &format!("| {} | {} | {} |\n", t.target, t.status, t.detail);
     }
     s
+}
+
+/// The machine's CPU time per connection and per UDP request/response of each system.
+fn cpu_line<'a>(rows: impl Iterator<Item = &'a Measurement>) -> String {
+    let us = |v: Option<f64>| v.map_or("?".to_string(), |v| format!("{v:.0}"));
+    let each: Vec<String> = rows
+        .map(|m| {
+            format!(
+                "{} {} / {}",
+                m.system.key(),
+                us(m.tcp_connections.cpu_us_per_op),
+                us(m.udp_request_response.cpu_us_per_op)
+            )
+        })
+        .collect();
+    format!(
+        "CPU µs per connection / per UDP request, whole machine: {}\n",
+        each.join(", ")
+    )
 }
 
 /// A portiso row's control-plane figures.

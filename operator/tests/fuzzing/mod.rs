@@ -200,3 +200,28 @@ pub fn apply(doc: &mut serde_json::Value, path: &[Seg], op: &Op) {
         }
     }
 }
+
+/// Names the kernel refuses for a network interface (empty, `.`/`..`, over 15 bytes, with `/`,
+/// `:`, whitespace or NUL), for every document that names one.
+pub fn bad_interface_names() -> Vec<serde_json::Value> {
+    [
+        "",
+        ".",
+        "..",
+        "a-very-long-interface",
+        "br/0",
+        "eth0:1",
+        "a b",
+        "a\tb",
+        "a\nb",
+        "a\rb",
+        "a\u{b}b",
+        "a\u{c}b",
+        "a\0b",
+        "\0",
+        "éééééééé",
+    ]
+    .into_iter()
+    .map(serde_json::Value::from)
+    .collect()
+}
