@@ -16,6 +16,20 @@ pub const DEFAULT_SOCKET: &str = "/run/portiso/agent.sock";
 /// The prefix of every host-side interface the agent creates (see [`host_if_name`]).
 pub const HOST_IF_PREFIX: &str = "pi";
 
+/// What kind of JSON value `value` is, as an error message says it ("is a number"): the
+/// agent and the CNI plugin name a wrong value the same way.
+pub fn json_kind(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// The host-side veth name of an attachment: "pi" + 12 hex digits of the 64-bit FNV-1a hash of
 /// `container_id/ifname`, at most 15 bytes. Deterministic, so that the agent and the CNI plugin
 /// (which removes the veth itself on DEL when the agent is down) name the same interface.

@@ -6,6 +6,7 @@
 
 use crate::error::{code, CniError};
 use crate::version::{supported_list, CniVersion};
+use portiso_agent_api::json_kind;
 use portiso_agent_api::AttachmentKey;
 use serde_json::{Map, Value};
 use std::path::PathBuf;
@@ -70,7 +71,7 @@ pub fn decode(stdin: &[u8]) -> Result<Map<String, Value>, CniError> {
             code::DECODING_FAILURE,
             format!(
                 "the network config on stdin must be a JSON object, got {}",
-                kind(&other)
+                json_kind(&other)
             ),
         )),
     }
@@ -90,7 +91,7 @@ pub fn version(map: &Map<String, Value>) -> Result<CniVersion, CniError> {
         )),
         Some(other) => Err(CniError::config(format!(
             "network config field `cniVersion` must be a string, got {}: set it to one of {}",
-            kind(other),
+            json_kind(other),
             supported_list()
         ))),
     }
@@ -199,7 +200,7 @@ fn parse_valid_attachments(field: &str, value: &Value) -> Result<Vec<AttachmentK
     };
     let list = value
         .as_array()
-        .ok_or_else(|| bad(format!("is {}", kind(value))))?;
+        .ok_or_else(|| bad(format!("is {}", json_kind(value))))?;
     list.iter()
         .enumerate()
         .map(|(i, entry)| {
@@ -237,21 +238,10 @@ fn required_string(map: &Map<String, Value>, key: &str, hint: &str) -> Result<St
     }
 }
 
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// The offending value itself for scalars (short and useful), its kind otherwise.
 fn shown(value: &Value) -> String {
     match value {
-        Value::Array(_) | Value::Object(_) => kind(value).to_string(),
+        Value::Array(_) | Value::Object(_) => json_kind(value).to_string(),
         scalar => scalar.to_string(),
     }
 }

@@ -5,6 +5,7 @@
 //! the field at fault is found by trying the request with each of its fields replaced by a
 //! value of another kind or left out: the one whose change makes the request decode is named.
 
+use portiso_agent_api::json_kind;
 use portiso_agent_api::{code, AgentError, Request};
 use serde_json::Value;
 
@@ -38,7 +39,7 @@ pub fn decode(line: &[u8]) -> Result<Request, AgentError> {
     if !value.is_object() {
         return Err(refuse(format!(
             "it must be a JSON object, got {}",
-            kind(&value)
+            json_kind(&value)
         )));
     }
     match value.get("op") {
@@ -55,17 +56,6 @@ pub fn decode(line: &[u8]) -> Result<Request, AgentError> {
         Some(field) => format!("field `{field}`: {error}"),
         None => error,
     }))
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[derive(Clone)]
