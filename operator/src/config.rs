@@ -205,12 +205,7 @@ struct RawEgressLimit {
 
 /// What each sandbox may send per second, enforced by an OpenFlow meter of its own, so that a
 /// flood from one sandbox cannot take the uplink (or OVS's time) from the others.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EgressLimit {
-    pub packets_per_second: u32,
-    /// Packets a sandbox may send at once above the rate after a quiet moment.
-    pub burst: u32,
-}
+pub type EgressLimit = crate::flows::MeterRate;
 
 /// Rates OVS's userspace meters take, in packets per second.
 const EGRESS_RATE: std::ops::RangeInclusive<u64> = 1..=100_000_000;

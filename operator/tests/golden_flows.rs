@@ -29,7 +29,7 @@ fn check(name: &str, state: &BridgeState) {
 
 fn bridge(sandboxes: Vec<SandboxPorts>) -> BridgeState {
     BridgeState {
-        egress_meter: false,
+        egress_limit: None,
         uplink_ofport: 1,
         shared_ip: Ipv4Addr::new(198, 51, 100, 1),
         shared_mac: "02:00:00:00:00:01".into(),

@@ -1,10 +1,15 @@
 //! A flood from one sandbox, with `sandboxEgressLimit`: the flooding sandbox's own meter drops
 //! what exceeds its rate, and its neighbour's paced stream arrives whole. With the fast path
 //! on (the default), metered sandboxes send through OVS, where the meters are.
+//!
+//! A flood of fragmented datagrams, which the agent passes on one packet at a time, without
+//! any limit configured: the flooder's slow-path meter holds it, and its neighbour's
+//! fragmented datagrams still arrive whole.
 
 mod common;
 
 use common::dataplane::{attach_web, web_ranges};
+use common::node::sandbox_ofport;
 use common::testbed_with;
 use portiso::testbed::netns::run_in;
 use portiso::testbed::Testbed;
@@ -17,6 +22,17 @@ const PEER: [u8; 4] = [198, 51, 100, 7];
 
 /// Counts datagrams arriving at the peer's `port` until `window` has passed.
 fn peer_counter(tb: &Testbed, port: u16, window: Duration) -> std::thread::JoinHandle<usize> {
+    peer_counter_of(tb, port, window, 0)
+}
+
+/// Counts datagrams of at least `min_len` bytes arriving at the peer's `port` until `window`
+/// has passed.
+fn peer_counter_of(
+    tb: &Testbed,
+    port: u16,
+    window: Duration,
+    min_len: usize,
+) -> std::thread::JoinHandle<usize> {
     let s = run_in(&tb.outside, move || {
         let s = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port))).unwrap();
         s.set_read_timeout(Some(Duration::from_millis(100)))
@@ -25,9 +41,9 @@ fn peer_counter(tb: &Testbed, port: u16, window: Duration) -> std::thread::JoinH
     })
     .unwrap();
     std::thread::spawn(move || {
-        let (mut n, mut buf, end) = (0, [0u8; 2048], Instant::now() + window);
+        let (mut n, mut buf, end) = (0, vec![0u8; 65536], Instant::now() + window);
         while Instant::now() < end {
-            if s.recv(&mut buf).is_ok() {
+            if s.recv(&mut buf).is_ok_and(|len| len >= min_len) {
                 n += 1;
             }
         }
@@ -36,7 +52,7 @@ fn peer_counter(tb: &Testbed, port: u16, window: Duration) -> std::thread::JoinH
 }
 
 /// The packets meter `id` on br-up1 dropped, from `ovs-ofctl meter-stats`.
-fn meter_drops(tb: &Testbed, id: &str) -> u64 {
+fn meter_drops(tb: &Testbed, id: i64) -> u64 {
     let stats = tb
         .node_cmd(
             "ovs-ofctl",
@@ -64,7 +80,6 @@ fn a_flooding_sandbox_is_held_to_its_rate_and_its_neighbour_is_not_starved() {
     tb.kill_agent();
     tb.extra_config = format!("sandboxEgressLimit: {{packetsPerSecond: {RATE}, burst: {BURST}}}\n");
     tb.start_agent().unwrap();
-    // web1 gets OpenFlow port 2 and web2 port 3: their meters' ids.
     attach_web(&mut tb);
 
     let window = Duration::from_secs(4);
@@ -102,7 +117,8 @@ fn a_flooding_sandbox_is_held_to_its_rate_and_its_neighbour_is_not_starved() {
     .unwrap();
     let flooded = flood.join().unwrap();
     let (flood_got, paced_got) = (flood_seen.join().unwrap(), paced_seen.join().unwrap());
-    let drops = meter_drops(&tb, "3");
+    // A sandbox's egress meter is numbered as its OpenFlow port.
+    let drops = meter_drops(&tb, sandbox_ofport(&tb, "web2"));
     eprintln!(
         "web2 flooded {flooded} datagrams in 2 s: {flood_got} left (meter dropped {drops}); web1's paced {paced}: {paced_got} arrived"
     );
@@ -118,4 +134,71 @@ fn a_flooding_sandbox_is_held_to_its_rate_and_its_neighbour_is_not_starved() {
         "web2 held to its rate: {flood_got} arrived, at most {bound} allowed"
     );
     assert!(drops > 0, "the meter counted its drops");
+}
+
+#[test]
+fn a_sandbox_flooding_fragments_cannot_starve_its_neighbours_fragments() {
+    use portiso::flows::meters::{slow_path_meter, SANDBOX_SLOW_PATH};
+    let mut tb = testbed_with("mtrfrag", &web_ranges(), None, |_| {});
+    attach_web(&mut tb);
+    const BIG: usize = 4000;
+    let window = Duration::from_secs(6);
+    let flood_seen = peer_counter_of(&tb, 8095, window, BIG);
+    let paced_seen = peer_counter_of(&tb, 8096, window, BIG);
+    // web2 sends 4000-byte datagrams (three fragments each) from its own port as fast as it
+    // can for 3 s; web1 sends 30 of them at 10 a second, well within its own slow path.
+    let flood = {
+        let ns = tb.sandbox_ns("web2");
+        std::thread::spawn(move || {
+            run_in(&ns, || {
+                let s = UdpSocket::bind("0.0.0.0:10150").unwrap();
+                let (end, mut sent) = (Instant::now() + Duration::from_secs(3), 0usize);
+                while Instant::now() < end {
+                    if s.send_to(&[7u8; BIG], SocketAddr::from((PEER, 8095)))
+                        .is_ok()
+                    {
+                        sent += 1;
+                    }
+                }
+                sent
+            })
+            .unwrap()
+        })
+    };
+    let paced = run_in(&tb.sandbox_ns("web1"), || {
+        let s = UdpSocket::bind("0.0.0.0:10050").unwrap();
+        let start = Instant::now();
+        for i in 0..30u32 {
+            s.send_to(&[1u8; BIG], SocketAddr::from((PEER, 8096)))
+                .unwrap();
+            let due = start + Duration::from_millis(100 * u64::from(i + 1));
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        30usize
+    })
+    .unwrap();
+    let flooded = flood.join().unwrap();
+    let (flood_got, paced_got) = (flood_seen.join().unwrap(), paced_seen.join().unwrap());
+    let web2_meter = slow_path_meter(sandbox_ofport(&tb, "web2") as u32);
+    let drops = meter_drops(&tb, i64::from(web2_meter));
+    eprintln!(
+        "web2 flooded {flooded} fragmented datagrams in 3 s: {flood_got} arrived whole (its slow-path meter dropped {drops} fragments); web1's paced {paced}: {paced_got} arrived whole"
+    );
+    assert_eq!(
+        paced_got,
+        paced,
+        "web1's fragmented datagrams are not starved; agent log:\n{}",
+        tb.agent_log()
+    );
+    assert!(flooded > 1000, "the flood was a flood: {flooded}");
+    // Three fragments a datagram, at the meter's rate plus its burst, with room at the edges.
+    let rate = SANDBOX_SLOW_PATH;
+    let bound = (3 * rate.packets_per_second + rate.burst) as usize / 3 * 13 / 10;
+    assert!(
+        flood_got <= bound,
+        "web2 held to its slow path: {flood_got} arrived, at most {bound} allowed"
+    );
+    assert!(drops > 0, "web2's slow-path meter counted its drops");
 }

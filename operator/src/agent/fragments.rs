@@ -108,7 +108,11 @@ type DatagramKey = (u32, Ipv4Addr, Ipv4Addr, u16);
 /// The decisions for recent datagrams, for their later fragments.
 #[derive(Default)]
 pub struct Fragments {
-    decided: HashMap<DatagramKey, FragmentSteer>,
+    /// Each decision with when it was made.
+    decided: HashMap<DatagramKey, (FragmentSteer, Instant)>,
+    /// Decisions in the order they were made. A key decided again (its IP id came round)
+    /// appears twice; the older entry no longer matches the time in `decided` and forgets
+    /// nothing when it goes.
     order: VecDeque<(DatagramKey, Instant)>,
 }
 
@@ -127,29 +131,31 @@ impl Fragments {
         };
         let key = (in_port, f.src, f.dst, f.id);
         if f.offset > 0 {
-            return self.decided.get(&key).copied().unwrap_or(drop(
+            return self.decided.get(&key).map(|d| d.0).unwrap_or(drop(
                 "later fragment of a datagram whose first was not seen",
             ));
         }
         let decision = first_fragment(&f, in_port, map);
-        if self.decided.insert(key, decision).is_none() {
-            self.order.push_back((key, now));
-        }
-        if self.order.len() > MAX_REMEMBERED {
-            if let Some((old, _)) = self.order.pop_front() {
-                self.decided.remove(&old);
-            }
+        self.decided.insert(key, (decision, now));
+        self.order.push_back((key, now));
+        while self.order.len() > MAX_REMEMBERED {
+            self.forget_oldest();
         }
         decision
     }
 
     fn forget_before(&mut self, cutoff: Instant) {
-        while let Some(&(key, at)) = self.order.front() {
-            if at >= cutoff {
-                break;
+        while self.order.front().is_some_and(|&(_, at)| at < cutoff) {
+            self.forget_oldest();
+        }
+    }
+
+    /// Drops the oldest entry of `order`, and its decision unless the key was decided again.
+    fn forget_oldest(&mut self) {
+        if let Some((key, at)) = self.order.pop_front() {
+            if self.decided.get(&key).is_some_and(|d| d.1 == at) {
+                self.decided.remove(&key);
             }
-            self.order.pop_front();
-            self.decided.remove(&key);
         }
     }
 }
@@ -341,6 +347,27 @@ mod tests {
             s.steer(&first, 1, &example_map(), now);
         }
         assert!(s.decided.len() <= MAX_REMEMBERED && s.order.len() <= MAX_REMEMBERED);
+    }
+
+    #[test]
+    fn a_datagram_decided_again_is_remembered_from_its_new_decision() {
+        let (mut s, now) = (Fragments::default(), Instant::now());
+        let first = fragment(PEER, SHARED, 7, 0, true, &udp_head(4000, 10010));
+        s.steer(&first, 1, &example_map(), now);
+        // The same IP id comes round 8 s later, for web2's port.
+        let again = fragment(PEER, SHARED, 7, 0, true, &udp_head(4000, 10150));
+        let later_on = now + Duration::from_secs(8);
+        assert_eq!(
+            s.steer(&again, 1, &example_map(), later_on).to,
+            Destination::Port(3)
+        );
+        // 11 s after the first decision, 3 s after the second: the second still holds.
+        let later = fragment(PEER, SHARED, 7, 185, false, &[0; 64]);
+        assert_eq!(
+            s.steer(&later, 1, &example_map(), now + Duration::from_secs(11))
+                .to,
+            Destination::Port(3)
+        );
     }
 
     #[test]

@@ -331,7 +331,7 @@ mod tests {
     #[test]
     fn the_port_map_follows_the_compilers_input() {
         let s = BridgeState {
-            egress_meter: false,
+            egress_limit: None,
             uplink_ofport: 1,
             shared_ip: Ipv4Addr::from(SHARED),
             shared_mac: "02:00:00:00:00:01".into(),

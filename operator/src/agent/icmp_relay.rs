@@ -11,8 +11,9 @@
 
 use super::fragments::{is_udp_fragment, Fragments};
 use super::icmp_errors::{steer, PortMap};
+use crate::flows::meters::slow_path_rate;
 use crate::ovs::monitor::{packet_out, Monitor, PacketInParser, Parsed};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -21,9 +22,51 @@ const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A monitor that ran this long was healthy: the next restart starts from `MIN_BACKOFF`.
 const STABLE: Duration = Duration::from_secs(30);
-/// At most this many packets (errors and fragments) are passed on per bridge and second; the
-/// rest are dropped (each costs a process), as a flood should not become a process flood.
-const MAX_PER_SECOND: u32 = 200;
+/// At most this many packets (errors and fragments) are passed on per bridge and second,
+/// whatever port they came in on: each costs a process.
+const BRIDGE_MAX_PER_SECOND: u32 = 2000;
+
+/// How many packets the agent passes on per second, per in-port and per bridge; the rest are
+/// dropped, as a flood should not become a process flood. OVS's slow-path meters
+/// (`flows::meters`) hold each in-port to the same rate before packets reach the agent, so
+/// one sandbox cannot fill the queue to the agent and starve its neighbours; this second line
+/// bounds the agent's work even where a meter is missing.
+struct Budget {
+    window: Instant,
+    used: HashMap<u32, u32>,
+    total: u32,
+    dropped: u32,
+}
+
+impl Budget {
+    fn new(now: Instant) -> Self {
+        Budget {
+            window: now,
+            used: HashMap::new(),
+            total: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Whether a packet that came in on `in_port` may be passed on now.
+    fn allow(&mut self, bridge: &str, in_port: u32, uplink_ofport: u32, now: Instant) -> bool {
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            if self.dropped > 0 {
+                tracing::warn!(%bridge, dropped = self.dropped, "too many ICMP errors and fragments in a second; dropped the excess");
+            }
+            *self = Budget::new(now);
+        }
+        let rate = slow_path_rate(in_port, uplink_ofport);
+        let used = self.used.entry(in_port).or_default();
+        if *used >= rate.packets_per_second + rate.burst || self.total >= BRIDGE_MAX_PER_SECOND {
+            self.dropped += 1;
+            return false;
+        }
+        *used += 1;
+        self.total += 1;
+        true
+    }
+}
 
 /// The port maps of every bridge, by bridge name.
 #[derive(Clone, Default)]
@@ -80,7 +123,7 @@ impl IcmpRelay {
         let mut parser = PacketInParser::default();
         let mut fragments = Fragments::default();
         let mut last_lines: Vec<String> = Vec::new();
-        let mut window = (Instant::now(), 0u32);
+        let mut budget = Budget::new(Instant::now());
         for line in BufReader::new(stderr).lines() {
             let line = match line {
                 Ok(l) => l,
@@ -100,18 +143,7 @@ impl IcmpRelay {
                 Parsed::Garbled(why) => {
                     tracing::warn!(%bridge, %why, "unreadable packet-in from ovs-ofctl monitor")
                 }
-                Parsed::Packet(p) => {
-                    if window.0.elapsed() >= Duration::from_secs(1) {
-                        if window.1 > MAX_PER_SECOND {
-                            tracing::warn!(%bridge, dropped = window.1 - MAX_PER_SECOND, "too many ICMP errors and fragments in a second; dropped the excess");
-                        }
-                        window = (Instant::now(), 0);
-                    }
-                    window.1 += 1;
-                    if window.1 <= MAX_PER_SECOND {
-                        self.relay(bridge, &p, &mut fragments);
-                    }
-                }
+                Parsed::Packet(p) => self.relay(bridge, &p, &mut fragments, &mut budget),
             }
         }
         let status = monitor.finish();
@@ -121,11 +153,21 @@ impl IcmpRelay {
         )
     }
 
-    fn relay(&self, bridge: &str, p: &crate::ovs::monitor::PacketIn, fragments: &mut Fragments) {
+    fn relay(
+        &self,
+        bridge: &str,
+        p: &crate::ovs::monitor::PacketIn,
+        fragments: &mut Fragments,
+        budget: &mut Budget,
+    ) {
         let Some(map) = self.map(bridge) else {
             tracing::warn!(%bridge, "packet handed up on a bridge without a port map; dropped");
             return;
         };
+        let in_port = p.in_port.unwrap_or(map.uplink_ofport);
+        if !budget.allow(bridge, in_port, map.uplink_ofport, Instant::now()) {
+            return;
+        }
         if p.truncated() {
             tracing::warn!(%bridge, got = p.data.len(), total = p.total_len, "packet handed up cut short; dropped");
             return;
@@ -153,5 +195,41 @@ impl IcmpRelay {
         if let Err(e) = packet_out(bridge, map.uplink_ofport, &p.data, &s.to.action()) {
             tracing::warn!(%bridge, error = %e, "could not pass an ICMP error on");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flows::meters::{SANDBOX_SLOW_PATH, UPLINK_SLOW_PATH};
+
+    #[test]
+    fn one_in_port_cannot_spend_the_budget_of_another() {
+        let now = Instant::now();
+        let mut b = Budget::new(now);
+        let per_sandbox = SANDBOX_SLOW_PATH.packets_per_second + SANDBOX_SLOW_PATH.burst;
+        let passed = (0..10 * per_sandbox)
+            .filter(|_| b.allow("br", 2, 1, now))
+            .count();
+        assert_eq!(passed as u32, per_sandbox);
+        // Its neighbour and the uplink still have all of theirs.
+        assert!(b.allow("br", 3, 1, now));
+        let per_uplink = UPLINK_SLOW_PATH.packets_per_second + UPLINK_SLOW_PATH.burst;
+        assert_eq!(
+            (0..2 * per_uplink)
+                .filter(|_| b.allow("br", 1, 1, now))
+                .count() as u32,
+            per_uplink
+        );
+        // A second later, the flooder's budget is back.
+        assert!(b.allow("br", 2, 1, now + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn the_bridge_as_a_whole_is_bounded_too() {
+        let now = Instant::now();
+        let mut b = Budget::new(now);
+        let passed = (2..5000u32).filter(|&p| b.allow("br", p, 1, now)).count();
+        assert_eq!(passed as u32, BRIDGE_MAX_PER_SECOND);
     }
 }

@@ -10,6 +10,7 @@ pub mod fragments;
 pub mod icmp_errors;
 mod icmp_relay;
 mod leftovers;
+mod meters;
 pub mod metrics;
 pub mod port_type;
 mod ranges;
@@ -75,6 +76,9 @@ pub struct Agent {
     /// whenever that may no longer be true (a failed bundle, a flow count OVS disagrees
     /// with, the periodic full resync).
     installed: std::sync::Mutex<BTreeMap<String, Vec<u64>>>,
+    /// The meters each bridge holds since the last reconcile (see `meters`), trusted only
+    /// while the installed cookies are.
+    meters: std::sync::Mutex<BTreeMap<String, Vec<crate::flows::Meter>>>,
     /// When OVS was last re-read in full (ports, numbers, every flow).
     last_full_resync: std::time::Instant,
     /// Counted as the agent works; shared with the metrics endpoint, which reads it without
@@ -208,6 +212,7 @@ impl Agent {
             fast_path,
             fast_path_off,
             installed: Default::default(),
+            meters: Default::default(),
             last_full_resync: std::time::Instant::now(),
             metrics: Default::default(),
         };
@@ -223,8 +228,7 @@ impl Agent {
     /// Rebuilds the attachments from the sandbox ports recorded in OVSDB.
     fn adopt_ports(&mut self) -> Result<(), ovs::OvsError> {
         for u in &self.uplinks {
-            for p in ovsdb::list_sandbox_ports(self.ovs.as_ref(), &u.config.name, &u.config.bridge)?
-            {
+            for p in ovsdb::list_sandbox_ports(self.ovs.as_ref(), &u.config.bridge)? {
                 let id = |k: &str| p.external_ids.get(k).cloned().unwrap_or_default();
                 let (ns, name) = id(ovsdb::EXT_SANDBOX)
                     .split_once('/')
@@ -359,7 +363,7 @@ impl Agent {
                 tracing::warn!(uplink = %name, old = self.uplinks[i].uplink_ofport, new = ofport, "uplink's OVS port number changed (OVS restarted?)");
                 self.uplinks[i].uplink_ofport = ofport;
             }
-            let ports = ovsdb::list_sandbox_ports(self.ovs.as_ref(), &name, &bridge)?;
+            let ports = ovsdb::list_sandbox_ports(self.ovs.as_ref(), &bridge)?;
             for a in self.attachments.iter_mut().filter(|a| a.uplink == name) {
                 match ports.iter().find(|p| p.name == a.host_if) {
                     Some(p) if p.ofport != a.ofport => {
@@ -427,35 +431,8 @@ impl Agent {
             &u.mac,
             &self.accepted,
             &self.attachments,
-            self.config.sandbox_egress_limit.is_some(),
+            self.config.sandbox_egress_limit,
         )
-    }
-
-    /// Brings one bridge's meters in line with its sandboxes: each sandbox's egress meter is
-    /// numbered as its OpenFlow port. Missing ones are added before the flows that use them,
-    /// and the caller removes meters of sandboxes that are gone after their flows (OVS would
-    /// delete a meter's flows with it).
-    fn add_meters(
-        &self,
-        s: &crate::flows::BridgeState,
-        bridge: &str,
-    ) -> Result<Vec<u32>, ovs::OvsError> {
-        let Some(limit) = self.config.sandbox_egress_limit else {
-            return Ok(Vec::new());
-        };
-        let present = self.ovs.meters(bridge)?;
-        for sb in s
-            .sandboxes
-            .iter()
-            .filter(|sb| !present.contains(&sb.ofport))
-        {
-            self.ovs
-                .add_meter(bridge, sb.ofport, limit.packets_per_second, limit.burst)?;
-        }
-        Ok(present
-            .into_iter()
-            .filter(|m| !s.sandboxes.iter().any(|sb| sb.ofport == *m))
-            .collect())
     }
 
     /// Brings one bridge's flows in line with the state: one atomic bundle of only the flows
@@ -492,14 +469,12 @@ impl Agent {
             FastPath::compile(&bridge_state, uplink.ifindex, &host_ifs)
         });
         self.fast_path_step(uplink, fast_maps.as_ref(), FastPath::before_flows);
-        let stale_meters = self.add_meters(&bridge_state, bridge)?;
+        let stale_meters = self.meters_before_flows(&bridge_state, bridge)?;
         if let Err(e) = self.ovs.apply(bridge, &d) {
             self.installed_cache().remove(bridge);
             return Err(e);
         }
-        for m in stale_meters {
-            self.ovs.del_meter(bridge, m)?;
-        }
+        self.meters_after_flows(&bridge_state, bridge, stale_meters);
         let mut now_installed = desired.cookies();
         now_installed.sort_unstable();
         now_installed.dedup();
@@ -618,6 +593,7 @@ mod tests {
             fast_path: None,
             fast_path_off: "off: test".into(),
             installed: Default::default(),
+            meters: Default::default(),
             last_full_resync: std::time::Instant::now(),
             metrics: Default::default(),
         }
@@ -643,18 +619,26 @@ mod tests {
 
     #[test]
     fn each_sandbox_gets_its_own_meter_and_loses_it_with_its_flows() {
+        use crate::flows::meters::{slow_path_meter, SANDBOX_SLOW_PATH, UPLINK_SLOW_PATH};
+        use crate::flows::MeterRate;
         let ovs = Arc::new(FakeOvs::default());
         let mut a = agent(ovs.clone());
-        a.config.sandbox_egress_limit = Some(crate::config::EgressLimit {
+        let limit = MeterRate {
             packets_per_second: 1000,
             burst: 100,
-        });
+        };
+        a.config.sandbox_egress_limit = Some(limit);
         a.reconcile_all().unwrap();
         let meters = |ovs: &FakeOvs| ovs.meter_table.lock().unwrap()["br-eth1"].clone();
-        assert_eq!(
-            meters(&ovs),
-            crate::ovs::fake::Meters::from([(2, (1000, 100)), (3, (1000, 100))])
-        );
+        let slow_path = [
+            (slow_path_meter(1), UPLINK_SLOW_PATH),
+            (slow_path_meter(2), SANDBOX_SLOW_PATH),
+            (slow_path_meter(3), SANDBOX_SLOW_PATH),
+        ];
+        let with = |egress: &[(u32, MeterRate)]| {
+            crate::ovs::fake::Meters::from_iter(slow_path.iter().chain(egress).copied())
+        };
+        assert_eq!(meters(&ovs), with(&[(2, limit), (3, limit)]));
         let first = ovs.applied.lock().unwrap()[0].1.clone();
         assert!(first
             .add
@@ -662,7 +646,44 @@ mod tests {
             .any(|f| f.actions.starts_with("meter:3,") && f.matches.contains("in_port=3")));
         a.attachments.retain(|x| x.sandbox_name != "b");
         a.reconcile_all().unwrap();
-        assert_eq!(meters(&ovs).keys().copied().collect::<Vec<_>>(), [2]);
+        let mut left = with(&[(2, limit)]);
+        left.remove(&slow_path_meter(3));
+        assert_eq!(meters(&ovs), left);
+
+        // A changed limit changes the meter in place; no limit removes the sandbox's meter
+        // (after its flows stop naming it), the slow path's stay.
+        let lower = MeterRate {
+            packets_per_second: 10,
+            burst: 10,
+        };
+        a.config.sandbox_egress_limit = Some(lower);
+        a.reconcile_all().unwrap();
+        assert_eq!(meters(&ovs)[&2], lower);
+        a.config.sandbox_egress_limit = None;
+        a.reconcile_all().unwrap();
+        assert_eq!(
+            meters(&ovs).into_keys().collect::<Vec<_>>(),
+            [slow_path_meter(1), slow_path_meter(2)]
+        );
+    }
+
+    #[test]
+    fn a_meter_that_cannot_be_removed_does_not_fail_the_reconcile_and_is_tried_again() {
+        let ovs = Arc::new(FakeOvs::default());
+        let mut a = agent(ovs.clone());
+        a.reconcile_all().unwrap();
+        ovs.refuse_del_meter
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        a.attachments.retain(|x| x.sandbox_name != "b");
+        a.reconcile_all().unwrap();
+        let gone = crate::flows::meters::slow_path_meter(3);
+        let has = |ovs: &FakeOvs| ovs.meter_table.lock().unwrap()["br-eth1"].contains_key(&gone);
+        assert!(has(&ovs));
+        assert_eq!(a.metrics.reconcile_errors.get(), 1);
+        ovs.refuse_del_meter
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        a.reconcile_all().unwrap();
+        assert!(!has(&ovs));
     }
 
     #[test]

@@ -164,7 +164,7 @@ pub fn bridge_state(
     mac: &str,
     accepted: &[PortRange],
     attachments: &[Attachment],
-    egress_meter: bool,
+    egress_limit: Option<crate::flows::MeterRate>,
 ) -> BridgeState {
     let owners = Owners::new(accepted, attachments);
     let mut sandboxes: Vec<SandboxPorts> = attachments
@@ -182,7 +182,7 @@ pub fn bridge_state(
         shared_ip: uplink.address,
         shared_mac: mac.to_string(),
         sandboxes,
-        egress_meter,
+        egress_limit,
     }
 }
 

@@ -116,7 +116,7 @@ pub fn compile(
                     ifindex,
                 );
                 // A metered sandbox sends through OVS, where its meter is.
-                if !s.egress_meter {
+                if s.egress_limit.is_none() {
                     m.egress
                         .insert((bits, PortKey::new(ifindex, protocol, block.value)));
                 }
@@ -156,7 +156,7 @@ mod tests {
 
     fn state() -> BridgeState {
         BridgeState {
-            egress_meter: false,
+            egress_limit: None,
             uplink_ofport: 1,
             shared_ip: Ipv4Addr::new(198, 51, 100, 1),
             shared_mac: "02:00:00:00:00:01".into(),

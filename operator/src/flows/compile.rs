@@ -19,6 +19,7 @@
 //! to the host, which drops them unassembled.
 
 use super::flow::{FlowTable, FlowTableBuilder, Span};
+use super::meters::{slow_path_meter, MeterRate};
 use super::table;
 use crate::model::ports::{cover_iter, PortBlock};
 use crate::model::Protocol;
@@ -51,13 +52,17 @@ pub struct BridgeState {
     pub shared_ip: Ipv4Addr,
     pub shared_mac: String,
     pub sandboxes: Vec<SandboxPorts>,
-    /// Whether what a sandbox sends passes its own OpenFlow meter (numbered as its port)
-    /// before the uplink: the agent config's `sandboxEgressLimit`.
-    pub egress_meter: bool,
+    /// What a sandbox may send per second, through its own OpenFlow meter (numbered as its
+    /// port) before the uplink: the agent config's `sandboxEgressLimit`.
+    pub egress_limit: Option<MeterRate>,
 }
 
-/// Matches the fragments of a UDP datagram that conntrack reassembled without finding fault.
-const REASSEMBLED_UDP: &str = "udp,ct_state=-inv+trk";
+/// Matches a UDP datagram that conntrack reassembled without finding fault, handed on whole:
+/// what the kernel datapath does (it refragments on output).
+const REASSEMBLED_WHOLE: &str = "udp,ct_state=-inv+trk,nw_frag=no";
+/// Matches the fragments of such a datagram, handed on one by one: what the userspace
+/// datapath does (its conntrack reassembles a copy).
+const REASSEMBLED_FRAGMENT: &str = "udp,ct_state=-inv+trk,nw_frag=yes";
 
 /// Matches any frame with an 802.1Q tag (OVS's "tag present" bit).
 const VLAN_TAGGED: &str = "vlan_tci=0x1000/0x1000";
@@ -141,6 +146,7 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
             }
             Sandbox {
                 ofport,
+                slow_path_meter: slow_path_meter(sb.ofport).to_string(),
                 blocks: ranges,
             }
         })
@@ -196,13 +202,20 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     // and sends each error on to the sandbox that owns the inner packet's source port, or to
     // the host. The whole packet goes up (max_len=65535 is "no truncation"): the agent
     // re-injects what it gets, and Linux quotes up to 576 bytes of the offending datagram.
+    // Everything handed up from the uplink passes its slow-path meter first (see
+    // `flows::meters`); fragments are metered before conntrack, so `to_agent` needs none.
+    let uplink_meter = format!("meter:{},", slow_path_meter(s.uplink_ofport));
     let to_agent = w.text(&[&format!("controller(max_len={ICMP_ERROR_PUNT_LEN})")]);
+    let errors_to_agent = w.text(&[
+        &uplink_meter,
+        &format!("controller(max_len={ICMP_ERROR_PUNT_LEN})"),
+    ]);
     for t in &icmp_errors {
         w.flow(
             table::FROM_UPLINK,
             160,
             &["icmp,nw_dst=", &ip, ",icmp_type=", t],
-            to_agent,
+            errors_to_agent,
         );
     }
     // TCP/UDP by destination port, to the sandbox that owns it: all sandboxes' blocks of a
@@ -221,10 +234,10 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
         }
     }
     // Every fragment of a UDP datagram to the shared address is reassembled first.
-    let to_reassembly_in = w.text(&[&format!(
-        "ct(zone={FRAGMENT_ZONE},table={})",
-        table::FRAGMENT_IN
-    )]);
+    let to_reassembly_in = w.text(&[
+        &uplink_meter,
+        &format!("ct(zone={FRAGMENT_ZONE},table={})", table::FRAGMENT_IN),
+    ]);
     w.flow(
         table::FROM_UPLINK,
         250,
@@ -257,9 +270,12 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     }
 
     // Inbound UDP fragments of complete, well-formed datagrams (conntrack let them through):
-    // the agent steers them (see the module comment).
+    // the agent steers them (see the module comment). A datapath that hands on the whole
+    // datagram instead (the kernel's) has its ports: the inbound table steers it again.
     w.flow(table::FRAGMENT_IN, 0, &[], drop);
-    w.flow(table::FRAGMENT_IN, 100, &[REASSEMBLED_UDP], to_agent);
+    let again_inbound = w.text(&[&format!("resubmit(,{})", table::FROM_UPLINK)]);
+    w.flow(table::FRAGMENT_IN, 100, &[REASSEMBLED_WHOLE], again_inbound);
+    w.flow(table::FRAGMENT_IN, 100, &[REASSEMBLED_FRAGMENT], to_agent);
 
     // Egress: whatever no rule below allows is dropped (and counted by this flow).
     w.flow(table::FROM_SANDBOX, 0, &[], drop);
@@ -271,7 +287,7 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     let from_sandbox: Vec<Span> = sandboxes
         .iter()
         .map(|sb| {
-            if s.egress_meter {
+            if s.egress_limit.is_some() {
                 w.text(&["meter:", &sb.ofport, ",output:", &up])
             } else {
                 to_uplink
@@ -279,7 +295,7 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
         })
         .collect();
     let meter_of = |sb: &Sandbox| {
-        if s.egress_meter {
+        if s.egress_limit.is_some() {
             format!("meter:{},", sb.ofport)
         } else {
             String::new()
@@ -338,20 +354,28 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
         }
     }
     // Every fragment of a UDP datagram a sandbox sends with the shared addresses is
-    // reassembled first; then only the sandbox's own source ports pass.
-    let to_reassembly_out = w.text(&[&format!(
-        "ct(zone={FRAGMENT_ZONE},table={})",
-        table::FRAGMENT_OUT
-    )]);
+    // reassembled first (after the sandbox's slow-path meter: the agent passes them on);
+    // then only the sandbox's own source ports pass.
+    let reassembly_out = format!("ct(zone={FRAGMENT_ZONE},table={})", table::FRAGMENT_OUT);
     for sb in &sandboxes {
         let m = ["udp,in_port=", &sb.ofport, &from_shared, ",nw_frag=yes"];
+        let to_reassembly_out = w.text(&["meter:", &sb.slow_path_meter, ",", &reassembly_out]);
         w.flow(table::FROM_SANDBOX, 250, &m, to_reassembly_out);
     }
     // A sandbox sends untagged frames only: a tag would put its frames on another network of
     // the uplink, and the matches above ignore tags.
     w.flow(table::FROM_SANDBOX, 300, &[VLAN_TAGGED], drop);
     w.flow(table::FRAGMENT_OUT, 0, &[], drop);
-    w.flow(table::FRAGMENT_OUT, 100, &[REASSEMBLED_UDP], to_agent);
+    // A whole reassembled datagram (kernel datapath): the egress table checks its source
+    // port again, as for any datagram. Its fragments (userspace datapath): the agent.
+    let again_outbound = w.text(&[&format!("resubmit(,{})", table::FROM_SANDBOX)]);
+    w.flow(
+        table::FRAGMENT_OUT,
+        100,
+        &[REASSEMBLED_WHOLE],
+        again_outbound,
+    );
+    w.flow(table::FRAGMENT_OUT, 100, &[REASSEMBLED_FRAGMENT], to_agent);
     (w, repeats)
 }
 
@@ -375,6 +399,8 @@ fn owned_blocks(sandboxes: &[Sandbox], blocks: &[Vec<BlockText>; 2], k: usize) -
 /// blocks are among all (by protocol, as in `PROTOCOLS`).
 struct Sandbox {
     ofport: String,
+    /// The id of its slow-path meter, as text.
+    slow_path_meter: String,
     blocks: [Range<usize>; 2],
 }
 
@@ -465,7 +491,7 @@ mod tests {
                 ofport: 2,
                 ports: vec![(Protocol::Udp, 10000, 10099)],
             }],
-            egress_meter: false,
+            egress_limit: None,
         }
     }
 
@@ -482,7 +508,7 @@ mod tests {
                 })
                 .collect();
             assert_eq!(punt.len(), 1, "type {ty}: {}", t.render());
-            assert_eq!(punt[0].actions, "controller(max_len=65535)");
+            assert_eq!(punt[0].actions, "meter:65537,controller(max_len=65535)");
             // Above the catch-all to the host and the echo replies; TCP/UDP never match it.
             assert!(punt[0].priority > 150);
         }
@@ -490,13 +516,16 @@ mod tests {
         assert!(t
             .flows
             .iter()
-            .all(|f| !(f.actions.starts_with("controller") && f.matches.contains("icmp_type=0"))));
+            .all(|f| !(f.actions.contains("controller") && f.matches.contains("icmp_type=0"))));
     }
 
     #[test]
     fn with_meters_everything_a_sandbox_may_send_passes_its_own_meter_first() {
         let mut s = state();
-        s.egress_meter = true;
+        s.egress_limit = Some(MeterRate {
+            packets_per_second: 1000,
+            burst: 100,
+        });
         let t = compile_bridge(&s);
         let allowed: Vec<FlowRef> = t
             .flows
@@ -510,7 +539,49 @@ mod tests {
         // Without meters the same flows, without the meter.
         let plain = compile_bridge(&state());
         assert_eq!(plain.flows.len(), t.flows.len());
-        assert!(plain.flows.iter().all(|f| !f.actions.contains("meter:")));
+        assert!(plain
+            .flows
+            .iter()
+            .all(|f| !f.actions.starts_with("meter:2,")));
+    }
+
+    /// The userspace datapath hands on a reassembled datagram's fragments; the kernel's hands
+    /// on the whole datagram, whose ports the tables can match again. Both are provided for.
+    #[test]
+    fn a_reassembled_datagram_goes_back_through_the_port_checks_and_its_fragments_to_the_agent() {
+        let t = compile_bridge(&state());
+        let after_conntrack = |table: u8| -> Vec<(String, String)> {
+            t.flows
+                .iter()
+                .filter(|f| f.table == table && f.priority == 100)
+                .map(|f| (f.matches.to_string(), f.actions.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            after_conntrack(table::FRAGMENT_IN),
+            [
+                (REASSEMBLED_WHOLE.into(), "resubmit(,10)".into()),
+                (
+                    REASSEMBLED_FRAGMENT.into(),
+                    "controller(max_len=65535)".into()
+                )
+            ]
+        );
+        assert_eq!(after_conntrack(table::FRAGMENT_OUT)[0].1, "resubmit(,20)");
+        // Going back cannot loop: only fragments go to conntrack, and these are whole.
+        assert!(t
+            .flows
+            .iter()
+            .filter(|f| f.actions.contains("ct(zone=29009"))
+            .all(|f| f.matches.contains("nw_frag=yes")));
+        // Fragments are metered per in-port before conntrack: the uplink's, the sandbox's.
+        let metered: Vec<String> = t
+            .flows
+            .iter()
+            .filter(|f| f.actions.contains("ct(zone=29009"))
+            .map(|f| f.actions.split(',').next().unwrap().to_string())
+            .collect();
+        assert_eq!(metered, ["meter:65537", "meter:65538"]);
     }
 
     #[test]
@@ -521,7 +592,7 @@ mod tests {
             compile_bridge(s)
                 .flows
                 .iter()
-                .filter(|f| f.actions.starts_with("controller"))
+                .filter(|f| f.actions.contains("controller"))
                 .map(|f| f.to_flow())
                 .collect()
         };

@@ -6,9 +6,11 @@
 
 mod compile;
 mod flow;
+pub mod meters;
 
 pub use compile::{compile_bridge, BridgeState, SandboxPorts, CT_ZONE};
 pub use flow::{diff, Flow, FlowDiff, FlowRef, FlowTable, Flows};
+pub use meters::{bridge_meters, Meter, MeterRate};
 
 /// The tables of a portiso bridge, in the order a packet visits them.
 pub mod table {

@@ -188,16 +188,15 @@ pub struct OvsPort {
     pub external_ids: BTreeMap<String, String>,
 }
 
-/// Every port the agent attached for a sandbox of `uplink` (bridge `bridge`) that OVS has
-/// numbered.
-pub fn list_sandbox_ports(
-    ovs: &dyn OvsExec,
-    uplink: &str,
-    bridge: &str,
-) -> Result<Vec<OvsPort>, OvsError> {
+/// Every port the agent attached for a sandbox that is on bridge `bridge` and that OVS has
+/// numbered. By membership of the bridge, not by the uplink recorded with the port: an
+/// OpenFlow port number means something only on its own bridge.
+pub fn list_sandbox_ports(ovs: &dyn OvsExec, bridge: &str) -> Result<Vec<OvsPort>, OvsError> {
+    let on_bridge = ovs.vsctl(&["list-ports", bridge])?;
+    let on_bridge: std::collections::BTreeSet<&str> = on_bridge.lines().map(str::trim).collect();
     Ok(sandbox_interfaces(ovs)?
         .into_iter()
-        .filter(|r| r.ofport > 0 && r.ids.get(EXT_UPLINK).map(String::as_str) == Some(uplink))
+        .filter(|r| r.ofport > 0 && on_bridge.contains(r.name.as_str()))
         .map(|r| OvsPort {
             name: r.name,
             bridge: bridge.to_string(),
@@ -232,48 +231,59 @@ pub fn sandbox_interfaces(ovs: &dyn OvsExec) -> Result<Vec<InterfaceRow>, OvsErr
         "Interface",
         &format!("external_ids:{EXT_ROLE}=sandbox"),
     ])?;
-    Ok(parse_interface_rows(&json))
+    parse_interface_rows(&json).map_err(|why| OvsError {
+        argv: "ovs-vsctl --format=json find Interface".into(),
+        status: "exit status: 0".into(),
+        stderr: format!("unreadable answer ({why}): {}", json.trim()),
+    })
 }
 
 /// Reads `{"data":[[name, ofport, type, ["map", [[k, v], ...]], error], ...], ...}` as
 /// `ovs-vsctl --format=json --columns=name,ofport,type,external_ids,error` prints it; an unset
-/// ofport or error (`["set",[]]`) reads as -1 and "".
-fn parse_interface_rows(json: &str) -> Vec<InterfaceRow> {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
-        return Vec::new();
-    };
-    let Some(rows) = v.get("data").and_then(|d| d.as_array()) else {
-        return Vec::new();
-    };
+/// ofport or error (`["set",[]]`) reads as -1 and "". Anything else is an error, never an
+/// empty list: the leftover sweep would take a port it cannot see for a stray.
+fn parse_interface_rows(json: &str) -> Result<Vec<InterfaceRow>, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let rows = v
+        .get("data")
+        .and_then(|d| d.as_array())
+        .ok_or("no \"data\" array")?;
     rows.iter()
-        .filter_map(|row| {
-            let iface_type = match row.get(2)?.as_str()? {
-                "" => "system",
-                t => t,
-            }
-            .to_string();
-            let pairs = row.get(3)?.get(1)?.as_array()?;
-            Some(InterfaceRow {
-                name: row.get(0)?.as_str()?.to_string(),
-                ofport: row.get(1)?.as_i64().unwrap_or(-1),
-                iface_type,
-                ids: pairs
-                    .iter()
-                    .filter_map(|p| {
-                        Some((
-                            p.get(0)?.as_str()?.to_string(),
-                            p.get(1)?.as_str()?.to_string(),
-                        ))
-                    })
-                    .collect(),
-                error: row
-                    .get(4)
-                    .and_then(|e| e.as_str())
-                    .unwrap_or_default()
-                    .to_string(),
-            })
+        .enumerate()
+        .map(|(i, row)| {
+            parse_interface_row(row).ok_or(format!(
+                "row {i} is not name, ofport, type, external_ids, error"
+            ))
         })
         .collect()
+}
+
+fn parse_interface_row(row: &serde_json::Value) -> Option<InterfaceRow> {
+    let iface_type = match row.get(2)?.as_str()? {
+        "" => "system",
+        t => t,
+    }
+    .to_string();
+    let pairs = row.get(3)?.get(1)?.as_array()?;
+    Some(InterfaceRow {
+        name: row.get(0)?.as_str()?.to_string(),
+        ofport: row.get(1)?.as_i64().unwrap_or(-1),
+        iface_type,
+        ids: pairs
+            .iter()
+            .map(|p| {
+                Some((
+                    p.get(0)?.as_str()?.to_string(),
+                    p.get(1)?.as_str()?.to_string(),
+                ))
+            })
+            .collect::<Option<_>>()?,
+        error: row
+            .get(4)
+            .and_then(|e| e.as_str())
+            .unwrap_or_default()
+            .to_string(),
+    })
 }
 
 /// Adds a sandbox's host-side interface to the bridge as a port of kind `port`, recording who
@@ -324,7 +334,7 @@ mod tests {
     #[test]
     fn reads_interface_rows() {
         let json = r#"{"data":[["pi-a",3,"afxdp-nonpmd",["map",[["portiso-role","sandbox"],["portiso-ifname","eth0"]]],["set",[]]],["pi-b",["set",[]],"",["map",[]],"could not open network device pi-b (No such device)"]],"headings":["name","ofport","type","external_ids","error"]}"#;
-        let rows = parse_interface_rows(json);
+        let rows = parse_interface_rows(json).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[0].name.as_str(), rows[0].ofport), ("pi-a", 3));
         assert_eq!(rows[0].iface_type, "afxdp-nonpmd");
@@ -334,7 +344,18 @@ mod tests {
             (rows[1].ofport, rows[1].iface_type.as_str()),
             (-1, "system")
         );
-        assert!(parse_interface_rows("not json").is_empty());
+        for bad in [
+            "not json",
+            r#"{"headings":[]}"#,
+            r#"{"data":[["pi-a",3]]}"#,
+            r#"{"data":[["pi-a",3,"",["map",[["k"]]],""]]}"#,
+        ] {
+            assert!(parse_interface_rows(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_interface_rows(r#"{"data":[],"headings":[]}"#),
+            Ok(vec![])
+        );
     }
 
     #[test]

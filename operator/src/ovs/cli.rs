@@ -1,10 +1,8 @@
 //! `OvsExec` by running the real tools.
 
-use super::{
-    parse_cookies, parse_flow_count, parse_flow_stats, parse_meter_ids, OvsError, OvsExec,
-};
+use super::{parse_cookies, parse_flow_count, parse_flow_stats, parse_meters, OvsError, OvsExec};
 use crate::exec::{run, run_with_stdin};
-use crate::flows::FlowDiff;
+use crate::flows::{FlowDiff, Meter};
 
 /// Runs ovs-vsctl / ovs-ofctl (OpenFlow 1.4, because bundles need it) / ovs-appctl.
 #[derive(Debug, Default, Clone)]
@@ -50,21 +48,21 @@ impl OvsExec for OvsCli {
         run("ovs-appctl", &argv)
     }
 
-    fn meters(&self, bridge: &str) -> Result<Vec<u32>, OvsError> {
-        Ok(parse_meter_ids(&run(
+    fn meters(&self, bridge: &str) -> Result<Vec<Meter>, OvsError> {
+        Ok(parse_meters(&run(
             "ovs-ofctl",
             &["-O", "OpenFlow14", "dump-meters", bridge],
         )?))
     }
 
-    fn add_meter(&self, bridge: &str, id: u32, rate: u32, burst: u32) -> Result<(), OvsError> {
-        let meter =
-            format!("meter={id},pktps,burst,stats,bands=type=drop,rate={rate},burst_size={burst}");
-        run(
-            "ovs-ofctl",
-            &["-O", "OpenFlow14", "add-meter", bridge, &meter],
-        )
-        .map(|_| ())
+    fn set_meter(&self, bridge: &str, meter: &Meter, modify: bool) -> Result<(), OvsError> {
+        let (id, rate) = (meter.id, meter.rate);
+        let meter = format!(
+            "meter={id},pktps,burst,stats,bands=type=drop,rate={},burst_size={}",
+            rate.packets_per_second, rate.burst
+        );
+        let command = if modify { "mod-meter" } else { "add-meter" };
+        run("ovs-ofctl", &["-O", "OpenFlow14", command, bridge, &meter]).map(|_| ())
     }
 
     fn del_meter(&self, bridge: &str, id: u32) -> Result<(), OvsError> {

@@ -1,7 +1,7 @@
 //! A recording `OvsExec` for unit tests.
 
 use super::{OvsError, OvsExec};
-use crate::flows::FlowDiff;
+use crate::flows::{FlowDiff, Meter, MeterRate};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -9,8 +9,8 @@ use std::sync::Mutex;
 pub const FAKE_IFACE_TYPES: &str =
     "[afxdp, afxdp-nonpmd, bareudp, erspan, geneve, gre, internal, system, tap, vxlan]\n";
 
-/// A bridge's meters: id -> (rate, burst).
-pub type Meters = BTreeMap<u32, (u32, u32)>;
+/// A bridge's meters: id -> rate.
+pub type Meters = BTreeMap<u32, MeterRate>;
 
 #[derive(Default)]
 pub struct FakeOvs {
@@ -25,6 +25,8 @@ pub struct FakeOvs {
     pub traces: Mutex<Vec<(String, String)>>,
     /// Meters per bridge.
     pub meter_table: Mutex<BTreeMap<String, Meters>>,
+    /// Whether `del_meter` fails, as OVS might.
+    pub refuse_del_meter: std::sync::atomic::AtomicBool,
 }
 
 impl OvsExec for FakeOvs {
@@ -33,6 +35,11 @@ impl OvsExec for FakeOvs {
         calls.push(args.iter().map(|s| s.to_string()).collect());
         if args == ["get", "Open_vSwitch", ".", "iface_types"] {
             return Ok(FAKE_IFACE_TYPES.into());
+        }
+        if args.contains(&"find") && args.contains(&"--format=json") {
+            return Ok(
+                r#"{"data":[],"headings":["name","ofport","type","external_ids","error"]}"#.into(),
+            );
         }
         Ok(String::new())
     }
@@ -63,24 +70,40 @@ impl OvsExec for FakeOvs {
         Ok(self.trace_output.lock().expect("lock").clone())
     }
 
-    fn meters(&self, bridge: &str) -> Result<Vec<u32>, OvsError> {
+    fn meters(&self, bridge: &str) -> Result<Vec<Meter>, OvsError> {
         let meters = self.meter_table.lock().expect("lock");
         Ok(meters
             .get(bridge)
-            .map(|m| m.keys().copied().collect())
+            .map(|m| m.iter().map(|(&id, &rate)| Meter { id, rate }).collect())
             .unwrap_or_default())
     }
 
-    fn add_meter(&self, bridge: &str, id: u32, rate: u32, burst: u32) -> Result<(), OvsError> {
+    fn set_meter(&self, bridge: &str, meter: &Meter, modify: bool) -> Result<(), OvsError> {
         let mut meters = self.meter_table.lock().expect("lock");
-        meters
-            .entry(bridge.to_string())
-            .or_default()
-            .insert(id, (rate, burst));
+        let bridge_meters = meters.entry(bridge.to_string()).or_default();
+        // As OVS: adding an existing meter or changing a missing one fails.
+        if bridge_meters.contains_key(&meter.id) != modify {
+            return Err(OvsError {
+                argv: format!("ovs-ofctl set meter {} (modify: {modify})", meter.id),
+                status: "exit status: 1".into(),
+                stderr: "OFPMMFC_METER_EXISTS or OFPMMFC_UNKNOWN_METER".into(),
+            });
+        }
+        bridge_meters.insert(meter.id, meter.rate);
         Ok(())
     }
 
     fn del_meter(&self, bridge: &str, id: u32) -> Result<(), OvsError> {
+        if self
+            .refuse_del_meter
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(OvsError {
+                argv: format!("ovs-ofctl del-meter {bridge} meter={id}"),
+                status: "exit status: 1".into(),
+                stderr: "refused (test)".into(),
+            });
+        }
         let mut meters = self.meter_table.lock().expect("lock");
         meters.entry(bridge.to_string()).or_default().remove(&id);
         Ok(())

@@ -13,7 +13,7 @@ pub mod monitor;
 pub use bridge::{ensure_bridge, list_sandbox_ports, port_ofport, OvsPort};
 pub use cli::OvsCli;
 
-use crate::flows::FlowDiff;
+use crate::flows::{FlowDiff, Meter, MeterRate};
 
 pub type OvsError = crate::exec::ExecError;
 
@@ -32,10 +32,10 @@ pub trait OvsExec: Send {
     fn flow_count(&self, bridge: &str) -> Result<usize, OvsError>;
     /// Runs `ovs-appctl ofproto/trace BRIDGE FLOW` (`portiso trace`) and returns its output.
     fn trace(&self, bridge: &str, flow: &str) -> Result<String, OvsError>;
-    /// The ids of the bridge's meters.
-    fn meters(&self, bridge: &str) -> Result<Vec<u32>, OvsError>;
-    /// Adds meter `id`: at most `rate` packets per second after `burst`, the rest dropped.
-    fn add_meter(&self, bridge: &str, id: u32, rate: u32, burst: u32) -> Result<(), OvsError>;
+    /// The bridge's meters, with the rate of their (first) drop band.
+    fn meters(&self, bridge: &str) -> Result<Vec<Meter>, OvsError>;
+    /// Adds the meter, or changes the rate of the one with its id (`modify`).
+    fn set_meter(&self, bridge: &str, meter: &Meter, modify: bool) -> Result<(), OvsError>;
     fn del_meter(&self, bridge: &str, id: u32) -> Result<(), OvsError>;
 }
 
@@ -59,11 +59,11 @@ impl<T: OvsExec + Sync> OvsExec for std::sync::Arc<T> {
     fn trace(&self, bridge: &str, flow: &str) -> Result<String, OvsError> {
         (**self).trace(bridge, flow)
     }
-    fn meters(&self, bridge: &str) -> Result<Vec<u32>, OvsError> {
+    fn meters(&self, bridge: &str) -> Result<Vec<Meter>, OvsError> {
         (**self).meters(bridge)
     }
-    fn add_meter(&self, bridge: &str, id: u32, rate: u32, burst: u32) -> Result<(), OvsError> {
-        (**self).add_meter(bridge, id, rate, burst)
+    fn set_meter(&self, bridge: &str, meter: &Meter, modify: bool) -> Result<(), OvsError> {
+        (**self).set_meter(bridge, meter, modify)
     }
     fn del_meter(&self, bridge: &str, id: u32) -> Result<(), OvsError> {
         (**self).del_meter(bridge, id)
@@ -98,11 +98,34 @@ pub fn parse_flow_stats(dump: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Reads the meter ids from `ovs-ofctl dump-meters` output (`meter=2 pktps burst ...`).
-pub fn parse_meter_ids(dump: &str) -> Vec<u32> {
-    dump.split_whitespace()
-        .filter_map(|w| w.strip_prefix("meter=")?.parse().ok())
-        .collect()
+/// Reads the meters from `ovs-ofctl dump-meters` output: `meter=2 pktps burst stats bands=`
+/// then `type=drop rate=1000 burst_size=100` (the rate of the first band). A meter without a
+/// readable rate reads as rate 0, so that the agent sets it again.
+pub fn parse_meters(dump: &str) -> Vec<Meter> {
+    let mut meters: Vec<Meter> = Vec::new();
+    for word in dump.split_whitespace() {
+        let number = |prefix: &str| word.strip_prefix(prefix)?.parse::<u32>().ok();
+        if let Some(id) = number("meter=") {
+            meters.push(Meter {
+                id,
+                rate: MeterRate {
+                    packets_per_second: 0,
+                    burst: 0,
+                },
+            });
+        } else if let Some(m) = meters.last_mut() {
+            if let Some(rate) = number("rate=") {
+                if m.rate.packets_per_second == 0 {
+                    m.rate.packets_per_second = rate;
+                }
+            } else if let Some(burst) = number("burst_size=") {
+                if m.rate.burst == 0 {
+                    m.rate.burst = burst;
+                }
+            }
+        }
+    }
+    meters
 }
 
 /// Reads `flow_count=N` from `ovs-ofctl dump-aggregate` output.
@@ -115,10 +138,22 @@ pub fn parse_flow_count(reply: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    use crate::flows::{Meter, MeterRate};
+
     #[test]
-    fn parses_meter_ids_from_a_dump() {
-        let dump = "OFPST_METER_CONFIG reply (OF1.4) (xid=0x2):\nmeter=2 pktps burst stats bands=\ntype=drop rate=1000 burst_size=100\n\nmeter=17 pktps burst stats bands=\ntype=drop rate=1000 burst_size=100\n";
-        assert_eq!(super::parse_meter_ids(dump), vec![2, 17]);
+    fn parses_meters_from_a_dump() {
+        let dump = "OFPST_METER_CONFIG reply (OF1.4) (xid=0x2):\nmeter=2 pktps burst stats bands=\ntype=drop rate=1000 burst_size=100\n\nmeter=65537 pktps burst stats bands=\ntype=drop rate=400 burst_size=40\n\nmeter=9 pktps stats bands=\n";
+        let meter = |id, packets_per_second, burst| Meter {
+            id,
+            rate: MeterRate {
+                packets_per_second,
+                burst,
+            },
+        };
+        assert_eq!(
+            super::parse_meters(dump),
+            vec![meter(2, 1000, 100), meter(65537, 400, 40), meter(9, 0, 0)]
+        );
     }
 
     #[test]

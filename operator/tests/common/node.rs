@@ -52,3 +52,28 @@ pub fn ofport(tb: &Testbed, iface: &str) -> i64 {
         .and_then(|o| o.trim().parse().ok())
         .unwrap_or(-1)
 }
+
+/// The OpenFlow port number of sandbox `name`'s interface on br-up1 (as the agent recorded
+/// it in OVSDB), -1 if it has none.
+pub fn sandbox_ofport(tb: &Testbed, name: &str) -> i64 {
+    let rows = tb
+        .node_cmd(
+            "ovs-vsctl",
+            &[
+                "--bare",
+                "--columns=ofport,external_ids",
+                "find",
+                "Interface",
+                "external_ids:portiso-role=sandbox",
+            ],
+        )
+        .unwrap();
+    rows.split("\n\n")
+        .find(|row| {
+            row.split([' ', ',', '\n'])
+                .filter_map(|kv| kv.strip_prefix("portiso-sandbox="))
+                .any(|v| v.trim_matches('"').rsplit('/').next() == Some(name))
+        })
+        .and_then(|row| row.lines().next()?.trim().parse().ok())
+        .unwrap_or(-1)
+}

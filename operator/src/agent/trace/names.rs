@@ -117,6 +117,16 @@ pub(super) fn effect(actions: &str, ports: &Ports) -> String {
     if let Some(t) = actions.strip_prefix("goto_table:") {
         return format!("on to table {t}");
     }
+    if let Some(t) = actions
+        .strip_prefix("resubmit(,")
+        .and_then(|t| t.strip_suffix(')'))
+    {
+        return format!("back through table {t}");
+    }
+    if let Some(metered) = actions.strip_prefix("meter:") {
+        let (id, rest) = metered.split_once(',').unwrap_or((metered, ""));
+        return format!("{} (through meter {id})", effect(rest, ports));
+    }
     if actions.starts_with("controller") {
         return "to the portiso agent".into();
     }
@@ -177,7 +187,7 @@ pub(super) fn inbound_meaning(f: FlowRef, ports: &Ports) -> Option<String> {
         _ if icmp_type == Some("0") => {
             "an echo reply: conntrack finds which sandbox sent the request".into()
         }
-        _ if f.actions.starts_with("controller") => format!(
+        _ if f.actions.contains("controller") => format!(
             "an ICMP error (type {}) to the shared address: to the portiso agent, which passes it on to whoever sent the packet it quotes",
             icmp_type.unwrap_or("?")
         ),
@@ -254,6 +264,9 @@ pub(super) fn other_meaning(f: FlowRef, ports: &Ports) -> Option<String> {
     };
     Some(match (field(m, "ct_tp_dst"), field(m, "ct_tp_src")) {
         _ if m.is_empty() => format!("nothing more specific matched: {to}"),
+        _ if field(m, "ct_state") == Some("-inv+trk") && field(m, "nw_frag") == Some("no") => format!(
+            "a UDP datagram conntrack reassembled without fault, handed on whole (the kernel datapath does): {to}, where its ports decide as for any datagram"
+        ),
         _ if field(m, "ct_state") == Some("-inv+trk") => format!(
             "fragments of a UDP datagram conntrack reassembled without fault: {to}, which steers them by the datagram's ports"
         ),
