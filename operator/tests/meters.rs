@@ -74,6 +74,57 @@ fn meter_drops(tb: &Testbed, id: i64) -> u64 {
         .unwrap_or(0)
 }
 
+/// Starts sending `payload` from `from_port` in sandbox `ns` to the peer's `to_port` as fast as
+/// it can for `secs`; the thread returns how many datagrams it sent.
+fn flood(
+    ns: String,
+    from_port: u16,
+    to_port: u16,
+    payload: Vec<u8>,
+    secs: u64,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        run_in(&ns, move || {
+            let s = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], from_port))).unwrap();
+            let (end, mut sent) = (Instant::now() + Duration::from_secs(secs), 0usize);
+            while Instant::now() < end {
+                if s.send_to(&payload, SocketAddr::from((PEER, to_port)))
+                    .is_ok()
+                {
+                    sent += 1;
+                }
+            }
+            sent
+        })
+        .unwrap()
+    })
+}
+
+/// Sends `n` datagrams of `payload` from `from_port` in sandbox `ns` to the peer's `to_port`,
+/// one every `every`; returns `n`.
+fn paced(
+    ns: &str,
+    from_port: u16,
+    to_port: u16,
+    payload: Vec<u8>,
+    n: u32,
+    every: Duration,
+) -> usize {
+    run_in(ns, move || {
+        let s = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], from_port))).unwrap();
+        let start = Instant::now();
+        for i in 0..n {
+            s.send_to(&payload, SocketAddr::from((PEER, to_port)))
+                .unwrap();
+            if let Some(wait) = (start + every * (i + 1)).checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        n as usize
+    })
+    .unwrap()
+}
+
 #[test]
 fn a_flooding_sandbox_is_held_to_its_rate_and_its_neighbour_is_not_starved() {
     let mut tb = testbed_with("mtrflood", &web_ranges(), None, |_| {});
@@ -86,35 +137,15 @@ fn a_flooding_sandbox_is_held_to_its_rate_and_its_neighbour_is_not_starved() {
     let flood_seen = peer_counter(&tb, 8095, window);
     let paced_seen = peer_counter(&tb, 8096, window);
     // web2 floods from its own port as fast as it can for 2 s; web1 sends 400 paced at 200/s.
-    let flood = {
-        let ns = tb.sandbox_ns("web2");
-        std::thread::spawn(move || {
-            run_in(&ns, || {
-                let s = UdpSocket::bind("0.0.0.0:10150").unwrap();
-                let (end, mut sent) = (Instant::now() + Duration::from_secs(2), 0usize);
-                while Instant::now() < end {
-                    if s.send_to(b"flood", SocketAddr::from((PEER, 8095))).is_ok() {
-                        sent += 1;
-                    }
-                }
-                sent
-            })
-            .unwrap()
-        })
-    };
-    let paced = run_in(&tb.sandbox_ns("web1"), || {
-        let s = UdpSocket::bind("0.0.0.0:10050").unwrap();
-        let start = Instant::now();
-        for i in 0..400u32 {
-            s.send_to(b"paced", SocketAddr::from((PEER, 8096))).unwrap();
-            let due = start + Duration::from_millis(5 * u64::from(i + 1));
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-        }
-        400usize
-    })
-    .unwrap();
+    let flood = flood(tb.sandbox_ns("web2"), 10150, 8095, b"flood".to_vec(), 2);
+    let paced = paced(
+        &tb.sandbox_ns("web1"),
+        10050,
+        8096,
+        b"paced".to_vec(),
+        400,
+        Duration::from_millis(5),
+    );
     let flooded = flood.join().unwrap();
     let (flood_got, paced_got) = (flood_seen.join().unwrap(), paced_seen.join().unwrap());
     // A sandbox's egress meter is numbered as its OpenFlow port.
@@ -147,38 +178,15 @@ fn a_sandbox_flooding_fragments_cannot_starve_its_neighbours_fragments() {
     let paced_seen = peer_counter_of(&tb, 8096, window, BIG);
     // web2 sends 4000-byte datagrams (three fragments each) from its own port as fast as it
     // can for 3 s; web1 sends 30 of them at 10 a second, well within its own slow path.
-    let flood = {
-        let ns = tb.sandbox_ns("web2");
-        std::thread::spawn(move || {
-            run_in(&ns, || {
-                let s = UdpSocket::bind("0.0.0.0:10150").unwrap();
-                let (end, mut sent) = (Instant::now() + Duration::from_secs(3), 0usize);
-                while Instant::now() < end {
-                    if s.send_to(&[7u8; BIG], SocketAddr::from((PEER, 8095)))
-                        .is_ok()
-                    {
-                        sent += 1;
-                    }
-                }
-                sent
-            })
-            .unwrap()
-        })
-    };
-    let paced = run_in(&tb.sandbox_ns("web1"), || {
-        let s = UdpSocket::bind("0.0.0.0:10050").unwrap();
-        let start = Instant::now();
-        for i in 0..30u32 {
-            s.send_to(&[1u8; BIG], SocketAddr::from((PEER, 8096)))
-                .unwrap();
-            let due = start + Duration::from_millis(100 * u64::from(i + 1));
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-        }
-        30usize
-    })
-    .unwrap();
+    let flood = flood(tb.sandbox_ns("web2"), 10150, 8095, vec![7; BIG], 3);
+    let paced = paced(
+        &tb.sandbox_ns("web1"),
+        10050,
+        8096,
+        vec![1; BIG],
+        30,
+        Duration::from_millis(100),
+    );
     let flooded = flood.join().unwrap();
     let (flood_got, paced_got) = (flood_seen.join().unwrap(), paced_seen.join().unwrap());
     let web2_meter = slow_path_meter(sandbox_ofport(&tb, "web2") as u32);
