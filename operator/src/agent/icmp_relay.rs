@@ -1,8 +1,10 @@
 //! The slow path for what OpenFlow cannot steer: per bridge, a thread runs `ovs-ofctl
 //! monitor`, reads what the bridge hands to the controller (inbound ICMP errors, and UDP
-//! fragments in both directions), asks `icmp_errors::steer` or `fragments::Fragments::steer`
-//! where each goes and sends it back into the bridge towards that sandbox, the uplink or the
-//! host.
+//! fragments in both directions) and queues it per in-port (`slow_path`); a second thread
+//! takes the queues in turn, asks `icmp_errors::steer` or `fragments::Fragments::steer` where
+//! each packet goes and sends it back into the bridge towards that sandbox, the uplink or the
+//! host, over the monitor's own OpenFlow connection. The reader never waits for the sender,
+//! so OVS's queue to the monitor never fills because one port has a backlog.
 //!
 //! The port maps are shared with the agent, which replaces a bridge's map whenever it has
 //! brought that bridge's flows in line (attach, detach, PortRange change). A monitor that
@@ -11,62 +13,27 @@
 
 use super::fragments::{is_udp_fragment, Fragments};
 use super::icmp_errors::{steer, PortMap};
-use crate::flows::meters::slow_path_rate;
-use crate::ovs::monitor::{packet_out, Monitor, PacketInParser, Parsed};
-use std::collections::{BTreeMap, HashMap};
+use super::slow_path::{Budget, FairQueue};
+use crate::ovs::monitor::{Monitor, PacketIn, PacketInParser, PacketSender, Parsed};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A monitor that ran this long was healthy: the next restart starts from `MIN_BACKOFF`.
 const STABLE: Duration = Duration::from_secs(30);
-/// At most this many packets (errors and fragments) are passed on per bridge and second,
-/// whatever port they came in on: each costs a process.
-const BRIDGE_MAX_PER_SECOND: u32 = 2000;
 
-/// How many packets the agent passes on per second, per in-port and per bridge; the rest are
-/// dropped, as a flood should not become a process flood. OVS's slow-path meters
-/// (`flows::meters`) hold each in-port to the same rate before packets reach the agent, so
-/// one sandbox cannot fill the queue to the agent and starve its neighbours; this second line
-/// bounds the agent's work even where a meter is missing.
-struct Budget {
-    window: Instant,
-    used: HashMap<u32, u32>,
-    total: u32,
-    dropped: u32,
+/// What the reader hands the sender.
+#[derive(Default)]
+struct Backlog {
+    queue: FairQueue,
+    /// The monitor's output ended: the sender stops once the queue is empty.
+    closed: bool,
 }
 
-impl Budget {
-    fn new(now: Instant) -> Self {
-        Budget {
-            window: now,
-            used: HashMap::new(),
-            total: 0,
-            dropped: 0,
-        }
-    }
-
-    /// Whether a packet that came in on `in_port` may be passed on now.
-    fn allow(&mut self, bridge: &str, in_port: u32, uplink_ofport: u32, now: Instant) -> bool {
-        if now.duration_since(self.window) >= Duration::from_secs(1) {
-            if self.dropped > 0 {
-                tracing::warn!(%bridge, dropped = self.dropped, "too many ICMP errors and fragments in a second; dropped the excess");
-            }
-            *self = Budget::new(now);
-        }
-        let rate = slow_path_rate(in_port, uplink_ofport);
-        let used = self.used.entry(in_port).or_default();
-        if *used >= rate.packets_per_second + rate.burst || self.total >= BRIDGE_MAX_PER_SECOND {
-            self.dropped += 1;
-            return false;
-        }
-        *used += 1;
-        self.total += 1;
-        true
-    }
-}
+type SharedBacklog = Arc<(Mutex<Backlog>, Condvar)>;
 
 /// The port maps of every bridge, by bridge name.
 #[derive(Clone, Default)]
@@ -87,6 +54,11 @@ impl IcmpRelay {
     fn map(&self, bridge: &str) -> Option<PortMap> {
         let maps = self.maps.read().unwrap_or_else(|p| p.into_inner());
         maps.get(bridge).cloned()
+    }
+
+    fn uplink_ofport(&self, bridge: &str) -> Option<u32> {
+        let maps = self.maps.read().unwrap_or_else(|p| p.into_inner());
+        maps.get(bridge).map(|m| m.uplink_ofport)
     }
 
     /// Starts the supervised monitor of `bridge`, for the life of the process.
@@ -120,10 +92,39 @@ impl IcmpRelay {
             Err(e) => return format!("ovs-ofctl monitor did not start: {e}"),
         };
         tracing::info!(%bridge, pid = monitor.pid(), "ICMP error monitor started");
+        let backlog: SharedBacklog = Arc::default();
+        let sender = {
+            let (relay, backlog, mut out) = (self.clone(), backlog.clone(), monitor.sender());
+            let bridge = bridge.to_string();
+            std::thread::Builder::new()
+                .name(format!("slow-{bridge}"))
+                .spawn(move || relay.serve(&bridge, &backlog, &mut out))
+        };
+        let why = match sender {
+            Ok(sender) => {
+                let why = self.read(bridge, stderr, &backlog);
+                let (lock, wake) = &*backlog;
+                lock.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+                wake.notify_all();
+                let _ = sender.join();
+                why
+            }
+            Err(e) => format!("could not start the sending thread: {e}"),
+        };
+        format!("ovs-ofctl monitor exited ({}): {why}", monitor.finish())
+    }
+
+    /// Reads the monitor's output until it ends, queueing each packet within its in-port's
+    /// budget; returns the last lines it read, which say why it ended.
+    fn read(
+        &self,
+        bridge: &str,
+        stderr: std::process::ChildStderr,
+        backlog: &SharedBacklog,
+    ) -> String {
         let mut parser = PacketInParser::default();
-        let mut fragments = Fragments::default();
-        let mut last_lines: Vec<String> = Vec::new();
         let mut budget = Budget::new(Instant::now());
+        let mut last_lines: Vec<String> = Vec::new();
         for line in BufReader::new(stderr).lines() {
             let line = match line {
                 Ok(l) => l,
@@ -143,31 +144,56 @@ impl IcmpRelay {
                 Parsed::Garbled(why) => {
                     tracing::warn!(%bridge, %why, "unreadable packet-in from ovs-ofctl monitor")
                 }
-                Parsed::Packet(p) => self.relay(bridge, &p, &mut fragments, &mut budget),
+                Parsed::Packet(p) => {
+                    let uplink = self.uplink_ofport(bridge).unwrap_or(0);
+                    let in_port = p.in_port.unwrap_or(uplink);
+                    let (allowed, dropped) = budget.allow(in_port, uplink, Instant::now());
+                    if dropped > 0 {
+                        tracing::warn!(%bridge, dropped, "too many ICMP errors and fragments in a second; dropped the excess");
+                    }
+                    if allowed {
+                        let (lock, wake) = &**backlog;
+                        let queued = lock
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .queue
+                            .push(in_port, p);
+                        if queued {
+                            wake.notify_one();
+                        } else {
+                            tracing::debug!(%bridge, in_port, "slow-path queue of the port full; dropped");
+                        }
+                    }
+                }
             }
         }
-        let status = monitor.finish();
-        format!(
-            "ovs-ofctl monitor exited ({status}): {}",
-            last_lines.join(" | ")
-        )
+        last_lines.join(" | ")
     }
 
-    fn relay(
-        &self,
-        bridge: &str,
-        p: &crate::ovs::monitor::PacketIn,
-        fragments: &mut Fragments,
-        budget: &mut Budget,
-    ) {
+    /// Sends what the reader queued, each port in turn, until the reader is done.
+    fn serve(&self, bridge: &str, backlog: &SharedBacklog, out: &mut PacketSender) {
+        let mut fragments = Fragments::default();
+        let (lock, wake) = &**backlog;
+        loop {
+            let next = {
+                let mut b = lock.lock().unwrap_or_else(|p| p.into_inner());
+                while b.queue.is_empty() && !b.closed {
+                    b = wake.wait(b).unwrap_or_else(|p| p.into_inner());
+                }
+                b.queue.pop()
+            };
+            match next {
+                Some(p) => self.relay(bridge, &p, &mut fragments, out),
+                None => return,
+            }
+        }
+    }
+
+    fn relay(&self, bridge: &str, p: &PacketIn, fragments: &mut Fragments, out: &mut PacketSender) {
         let Some(map) = self.map(bridge) else {
             tracing::warn!(%bridge, "packet handed up on a bridge without a port map; dropped");
             return;
         };
-        let in_port = p.in_port.unwrap_or(map.uplink_ofport);
-        if !budget.allow(bridge, in_port, map.uplink_ofport, Instant::now()) {
-            return;
-        }
         if p.truncated() {
             tracing::warn!(%bridge, got = p.data.len(), total = p.total_len, "packet handed up cut short; dropped");
             return;
@@ -180,7 +206,7 @@ impl IcmpRelay {
             let s = fragments.steer(&p.data, in_port, &map, Instant::now());
             tracing::debug!(%bridge, in_port, to = ?s.to, why = s.why, len = p.data.len(), "steering a UDP fragment");
             if let Some(action) = s.to.action() {
-                if let Err(e) = packet_out(bridge, in_port, &p.data, &action) {
+                if let Err(e) = out.send(in_port, &p.data, &action) {
                     tracing::warn!(%bridge, error = %e, "could not pass a UDP fragment on");
                 }
             }
@@ -192,44 +218,8 @@ impl IcmpRelay {
         }
         let s = steer(&p.data, &map);
         tracing::debug!(%bridge, to = ?s.to, why = s.why, len = p.data.len(), "steering ICMP error");
-        if let Err(e) = packet_out(bridge, map.uplink_ofport, &p.data, &s.to.action()) {
+        if let Err(e) = out.send(map.uplink_ofport, &p.data, &s.to.action()) {
             tracing::warn!(%bridge, error = %e, "could not pass an ICMP error on");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::flows::meters::{SANDBOX_SLOW_PATH, UPLINK_SLOW_PATH};
-
-    #[test]
-    fn one_in_port_cannot_spend_the_budget_of_another() {
-        let now = Instant::now();
-        let mut b = Budget::new(now);
-        let per_sandbox = SANDBOX_SLOW_PATH.packets_per_second + SANDBOX_SLOW_PATH.burst;
-        let passed = (0..10 * per_sandbox)
-            .filter(|_| b.allow("br", 2, 1, now))
-            .count();
-        assert_eq!(passed as u32, per_sandbox);
-        // Its neighbour and the uplink still have all of theirs.
-        assert!(b.allow("br", 3, 1, now));
-        let per_uplink = UPLINK_SLOW_PATH.packets_per_second + UPLINK_SLOW_PATH.burst;
-        assert_eq!(
-            (0..2 * per_uplink)
-                .filter(|_| b.allow("br", 1, 1, now))
-                .count() as u32,
-            per_uplink
-        );
-        // A second later, the flooder's budget is back.
-        assert!(b.allow("br", 2, 1, now + Duration::from_secs(1)));
-    }
-
-    #[test]
-    fn the_bridge_as_a_whole_is_bounded_too() {
-        let now = Instant::now();
-        let mut b = Budget::new(now);
-        let passed = (2..5000u32).filter(|&p| b.allow("br", p, 1, now)).count();
-        assert_eq!(passed as u32, BRIDGE_MAX_PER_SECOND);
     }
 }

@@ -16,6 +16,7 @@ pub mod port_type;
 mod ranges;
 pub mod request;
 mod server;
+mod slow_path;
 pub mod sources;
 pub mod state;
 mod status;

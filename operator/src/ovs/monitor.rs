@@ -16,9 +16,11 @@
 //! More `-m` adds a dump of the whole OpenFlow message after it, which the parser skips.
 
 use super::OvsError;
-use crate::exec::run;
-use std::io;
+use std::io::{self, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Stdio};
+use std::time::Duration;
 
 /// One packet the bridge sent to the controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,15 +147,25 @@ impl PacketInParser {
 /// A running `ovs-ofctl monitor`, killed when dropped.
 pub struct Monitor {
     child: Child,
+    /// Its control socket (`--unixctl`).
+    control: PathBuf,
 }
 
 impl Monitor {
-    /// Starts `ovs-ofctl -O OpenFlow14 monitor BRIDGE 65535 -m`. The child gets SIGKILL when
-    /// the thread that started it ends, so an agent killed outright leaves no monitor behind.
+    /// Starts `ovs-ofctl -O OpenFlow14 monitor BRIDGE 65535 -m`, with its control socket at a
+    /// path of the agent's own (see [`PacketSender`]). The child gets SIGKILL when the thread
+    /// that started it ends, so an agent killed outright leaves no monitor behind.
     pub fn start(bridge: &str) -> io::Result<(Monitor, ChildStderr)> {
         use std::os::unix::process::CommandExt;
+        let control = std::env::temp_dir().join(format!(
+            "portiso-monitor-{}-{bridge}.ctl",
+            std::process::id()
+        ));
+        // Left by a monitor of this process that ended without cleaning up.
+        let _ = std::fs::remove_file(&control);
         let mut cmd = Command::new("ovs-ofctl");
-        cmd.args(["-O", "OpenFlow14", "monitor", bridge, "65535", "-m"])
+        cmd.arg(format!("--unixctl={}", control.display()))
+            .args(["-O", "OpenFlow14", "monitor", bridge, "65535", "-m"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -169,11 +181,20 @@ impl Monitor {
             .stderr
             .take()
             .ok_or_else(|| io::Error::other("ovs-ofctl monitor has no stderr pipe"))?;
-        Ok((Monitor { child }, stderr))
+        Ok((Monitor { child, control }, stderr))
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// What sends packets back into the bridge through this monitor.
+    pub fn sender(&self) -> PacketSender {
+        PacketSender {
+            control: self.control.clone(),
+            connection: None,
+            next_id: 0,
+        }
     }
 
     /// Waits for the monitor to end (after its output ended) and says how it did.
@@ -191,24 +212,80 @@ impl Drop for Monitor {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.control);
     }
 }
 
-/// Sends `frame` through the bridge as if it had come in on `in_port`, with `actions`
-/// (e.g. `output:3` or `LOCAL`).
-pub fn packet_out(bridge: &str, in_port: u32, frame: &[u8], actions: &str) -> Result<(), OvsError> {
-    let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
-    run(
-        "ovs-ofctl",
-        &[
-            "-O",
-            "OpenFlow14",
-            "packet-out",
-            bridge,
-            &format!("in_port={in_port},packet={hex},actions={actions}"),
-        ],
-    )
-    .map(|_| ())
+/// Sends packets back into the bridge over the monitor's own OpenFlow connection: each is an
+/// `ofctl/packet-out` call on the monitor's control socket (OVS's JSON-RPC), so a packet
+/// costs neither a process nor an OpenFlow handshake, as `ovs-ofctl packet-out` would.
+pub struct PacketSender {
+    control: PathBuf,
+    connection: Option<(UnixStream, BufReader<UnixStream>)>,
+    next_id: u64,
+}
+
+/// How long the monitor may take to open its control socket after it started.
+const CONTROL_SOCKET_WAIT: Duration = Duration::from_secs(5);
+
+impl PacketSender {
+    /// Sends `frame` through the bridge as if it had come in on `in_port`, with `actions`
+    /// (e.g. `output:3` or `LOCAL`).
+    pub fn send(&mut self, in_port: u32, frame: &[u8], actions: &str) -> Result<(), OvsError> {
+        let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+        let spec = format!("in_port={in_port} packet={hex} actions={actions}");
+        self.next_id += 1;
+        let request = serde_json::json!({
+            "id": self.next_id,
+            "method": "ofctl/packet-out",
+            "params": [spec],
+        });
+        let reply = self.call(&request).map_err(|e| {
+            // The next packet starts from a new connection.
+            self.connection = None;
+            self.error(&e.to_string())
+        })?;
+        match reply.get("error") {
+            None | Some(serde_json::Value::Null) => Ok(()),
+            Some(e) => Err(self.error(&format!("the monitor refused the packet-out: {e}"))),
+        }
+    }
+
+    fn call(&mut self, request: &serde_json::Value) -> io::Result<serde_json::Value> {
+        if self.connection.is_none() {
+            let stream = connect_when_ready(&self.control)?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+            let reader = BufReader::new(stream.try_clone()?);
+            self.connection = Some((stream, reader));
+        }
+        let (stream, reader) = self.connection.as_mut().expect("connected above");
+        stream.write_all(request.to_string().as_bytes())?;
+        // One JSON value per reply; the deserializer stops at its end.
+        let mut replies = serde_json::Deserializer::from_reader(reader);
+        serde::Deserialize::deserialize(&mut replies).map_err(io::Error::other)
+    }
+
+    fn error(&self, why: &str) -> OvsError {
+        OvsError {
+            argv: format!("ofctl/packet-out on {}", self.control.display()),
+            status: "no reply".into(),
+            stderr: why.to_string(),
+        }
+    }
+}
+
+/// Connects to the monitor's control socket, waiting a bounded time for a monitor that has
+/// just started to open it.
+fn connect_when_ready(path: &Path) -> io::Result<UnixStream> {
+    let deadline = std::time::Instant::now() + CONTROL_SOCKET_WAIT;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return Ok(s),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
 }
 
 #[cfg(test)]
