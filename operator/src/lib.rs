@@ -23,6 +23,7 @@ pub mod fastpath;
 pub mod flows;
 pub mod k8s;
 pub mod link;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod ovs;

@@ -83,8 +83,11 @@ fn create_inner(l: &SandboxLink) -> Result<(), ExecError> {
         )?;
     }
     set_local_ports(l.netns, l.local_ports)?;
+    // Only the sandbox's end: its kernel would leave TCP/UDP checksums to an offload that
+    // OVS's userspace datapath, reading the frame raw, never does. The host end needs nothing:
+    // OVS writes whole frames into it, and each change of it (a link event) makes OVS
+    // reconsider every port of the node.
     if l.checksum_offload_off {
-        run("ethtool", &["-K", l.host_if, "tx", "off"])?;
         in_netns(l.netns, "ethtool", &["-K", l.ifname, "tx", "off"])?;
     }
     if l.isolate_host_end {
@@ -182,6 +185,116 @@ pub fn move_address(uplink: &str, bridge: &str, cidr: &str) -> Result<(), ExecEr
     Ok(())
 }
 
+/// Every IPv4 address of an interface, as ADDRESS/PREFIX; none if it does not exist.
+pub fn ipv4_cidrs(ifname: &str) -> Vec<String> {
+    let Ok(out) = run("ip", &["-4", "-o", "addr", "show", "dev", ifname]) else {
+        return Vec::new();
+    };
+    out.lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .skip_while(|w| *w != "inet")
+                .nth(1)
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// The IPv4 routes of the main table through `dev` other than the kernel's own prefix routes
+/// (which come and go with the addresses), as `ip route` prints them without `dev` (e.g.
+/// `default via 198.51.100.7`); none if the interface does not exist.
+pub fn routes_through(dev: &str) -> Vec<String> {
+    run("ip", &["-4", "route", "show", "dev", dev])
+        .map(|out| parse_routes(&out))
+        .unwrap_or_default()
+}
+
+/// Keeps what `ip route replace` takes back: the kernel's prefix routes and the state flags
+/// `ip` prints (linkdown, dead, offload...) go.
+fn parse_routes(out: &str) -> Vec<String> {
+    const FLAGS: [&str; 6] = [
+        "linkdown",
+        "dead",
+        "offload",
+        "trap",
+        "rt_offload",
+        "rt_trap",
+    ];
+    out.lines()
+        .filter(|l| !l.split_whitespace().any(|w| w == "kernel"))
+        .map(|l| {
+            l.split_whitespace()
+                .filter(|w| !FLAGS.contains(w))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// The reverse of [`move_address`]: takes `cidrs` off the bridge's internal port (when it is
+/// still there), gives them to the uplink with `routes` (as [`routes_through`] read them from
+/// the bridge), and brings the uplink up. Idempotent; every step is tried, the first error is
+/// returned.
+pub fn return_address(
+    bridge: &str,
+    uplink: &str,
+    cidrs: &[String],
+    routes: &[String],
+) -> Result<(), ExecError> {
+    let mut first: Option<ExecError> = None;
+    let mut note = |r: Result<String, ExecError>| {
+        if let Err(e) = r {
+            first.get_or_insert(e);
+        }
+    };
+    if exists(bridge) {
+        let on_bridge = ipv4_cidrs(bridge);
+        for c in cidrs.iter().filter(|c| on_bridge.contains(c)) {
+            note(run("ip", &["addr", "del", c, "dev", bridge]));
+        }
+    }
+    for c in cidrs {
+        note(run("ip", &["addr", "replace", c, "dev", uplink]));
+    }
+    note(run("ip", &["link", "set", uplink, "up"]));
+    for r in routes {
+        let mut argv = vec!["route", "replace"];
+        argv.extend(r.split_whitespace());
+        argv.extend(["dev", uplink]);
+        note(run("ip", &argv));
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// Deletes a link of the agent's namespace by name (e.g. a bridge's internal port that
+/// outlived OVS). Gone already is fine.
+pub fn delete_device(ifname: &str) -> Result<(), ExecError> {
+    if !exists(ifname) {
+        return Ok(());
+    }
+    run("ip", &["link", "del", ifname]).map(|_| ())
+}
+
+/// The veths of the agent's namespace with the agent's host-side naming.
+pub fn host_veths() -> Vec<String> {
+    run("ip", &["-o", "link", "show", "type", "veth"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(|n| n.trim_end_matches(':'))
+        .map(|n| n.split('@').next().unwrap_or(n))
+        .filter(|n| is_host_if_name(n))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Removes the nftables table of [`isolate_from_host_stack`] with every chain left in it;
+/// gone already is fine.
+pub fn remove_isolation_table() {
+    let _ = run("nft", &["delete", "table", "netdev", NFT_TABLE]);
+}
+
 /// On the userspace datapath OVS reads a port's frames through a packet socket, but the
 /// host's own IP stack still receives them too: it would answer a sandbox's connections with
 /// resets (the shared address is local to the host) and accept a sandbox's packets for the
@@ -259,6 +372,18 @@ pub fn local_port_range() -> Option<(u16, u16)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn routes_to_give_back_leave_the_kernels_own_and_state_flags() {
+        let out = "default via 198.51.100.7 linkdown \n198.51.100.0/24 proto kernel scope link src 198.51.100.1 \n10.9.0.0/16 via 198.51.100.254 proto static metric 50 \n";
+        assert_eq!(
+            super::parse_routes(out),
+            [
+                "default via 198.51.100.7",
+                "10.9.0.0/16 via 198.51.100.254 proto static metric 50"
+            ]
+        );
+    }
+
     #[test]
     fn host_names_fit_and_differ() {
         let a = super::host_if_name("c1", "eth0");
