@@ -510,3 +510,59 @@ fn the_agent_in_cluster_mode_follows_pods_and_portranges() {
         "the live pod is untouched"
     );
 }
+
+/// Cluster mode under faults, with a steady stream to a pod: the agent killed outright and
+/// restarted, then the API server frozen for 3 s (as behind a partition). Nothing is lost, the
+/// flows are exactly what they were, and after the freeze the agent still follows an edit.
+#[test]
+fn in_cluster_mode_traffic_rides_out_a_killed_agent_and_a_frozen_api_server() {
+    use common::dataplane::arrivals_at_web1_during;
+    use portiso::testbed::Testbed;
+    let mut tb = Testbed::new("kfault", Path::new(env!("CARGO_BIN_EXE_portiso"))).unwrap();
+    let s = KubeTestServer::start_in("kfault", &workspace(), Some(&tb.node)).unwrap();
+    install_crd(&s);
+    let _op = Operator::start(&s, "kfault", 0, &[]);
+    apply(
+        &s,
+        &pr("web", "[{protocol: UDP, start: 10000, end: 10099}]"),
+    )
+    .unwrap();
+    eventually("web accepted", 30, || {
+        (accepted(&s, "web") == "True").then_some(())
+    });
+    apply(&s, &pod("web1", "web")).unwrap();
+    let args = ["--kubernetes", "--node-name", "node1"];
+    let env = [("KUBECONFIG", s.kubeconfig.as_path())];
+    tb.start_agent_with(&args, &env).unwrap();
+    tb.attach("web1", "up1").unwrap();
+    let before = common::canonical_flows(&tb);
+
+    let got = arrivals_at_web1_during(&mut tb, 4000, |tb| {
+        std::thread::sleep(Duration::from_millis(300));
+        tb.kill_agent();
+        tb.start_agent_with(&args, &env).unwrap();
+    });
+    assert_eq!(got, 4000, "{}", tb.agent_log());
+    assert_eq!(common::canonical_flows(&tb), before, "flows after the restart");
+
+    let got = arrivals_at_web1_during(&mut tb, 6000, |_| {
+        std::thread::sleep(Duration::from_millis(300));
+        s.freeze_apiserver(true).unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        s.freeze_apiserver(false).unwrap();
+    });
+    assert_eq!(got, 6000, "{}", tb.agent_log());
+    assert_eq!(common::canonical_flows(&tb), before, "flows after the freeze");
+
+    apply(
+        &s,
+        &pr("web", "[{protocol: UDP, start: 10500, end: 10599}]"),
+    )
+    .unwrap();
+    eventually_or(
+        "the edit after the freeze reaches web1",
+        60,
+        || (tb.probe(true, 0, 10505, &["web1"]).ok()?.landed == ["web1"]).then_some(()),
+        || tb.agent_log(),
+    );
+}

@@ -21,7 +21,9 @@ pub struct KubeSources {
     client: Client,
     node: String,
     runtime: tokio::runtime::Handle,
-    reported: std::sync::Mutex<Option<BTreeMap<String, u32>>>,
+    /// What the Node's annotation last said after a patch that succeeded: a failed patch is
+    /// sent again at the next report.
+    reported: std::sync::Arc<std::sync::Mutex<Option<BTreeMap<String, u32>>>>,
     /// (key, resourceVersion) of the accepted ranges last handed out.
     last: Option<Vec<(ObjectKey, String)>>,
 }
@@ -57,7 +59,7 @@ impl KubeSources {
             client,
             node: node.to_string(),
             runtime: tokio::runtime::Handle::current(),
-            reported: std::sync::Mutex::new(None),
+            reported: Default::default(),
             last: None,
         })
     }
@@ -124,18 +126,16 @@ impl Sources for KubeSources {
     }
 
     fn report(&self, programmed: BTreeMap<String, u32>) {
-        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
-        if reported.as_ref() == Some(&programmed) {
+        if self.reported.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&programmed) {
             return;
         }
         let value = serde_json::to_string(&programmed).unwrap_or_default();
-        *reported = Some(programmed);
         let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(self.client.clone());
-        let node = self.node.clone();
+        let (node, reported) = (self.node.clone(), self.reported.clone());
         self.runtime.spawn(async move {
             let patch =
                 serde_json::json!({"metadata": {"annotations": {PROGRAMMED_ANNOTATION: value}}});
-            if let Err(e) = nodes
+            match nodes
                 .patch(
                     &node,
                     &kube::api::PatchParams::default(),
@@ -143,7 +143,10 @@ impl Sources for KubeSources {
                 )
                 .await
             {
-                tracing::warn!(%node, error = %e, "could not publish programmed PortRanges");
+                Ok(_) => *reported.lock().unwrap_or_else(|p| p.into_inner()) = Some(programmed),
+                Err(e) => {
+                    tracing::warn!(%node, error = %e, "could not publish programmed PortRanges; trying again at the next report")
+                }
             }
         });
     }

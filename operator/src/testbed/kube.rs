@@ -201,6 +201,20 @@ impl KubeTestServer {
         )
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) kube-apiserver: an API server that stops answering
+    /// without closing its connections, as one behind a partition would.
+    pub fn freeze_apiserver(&self, frozen: bool) -> anyhow::Result<()> {
+        use nix::sys::signal::{kill, Signal};
+        // etcd was started first, kube-apiserver second.
+        let apiserver = self
+            .processes
+            .get(1)
+            .ok_or_else(|| anyhow::anyhow!("kube-apiserver is not running"))?;
+        let signal = if frozen { Signal::SIGSTOP } else { Signal::SIGCONT };
+        kill(nix::unistd::Pid::from_raw(apiserver.id() as i32), signal)?;
+        Ok(())
+    }
+
     /// Runs kubectl against this server and returns stdout (or stderr as the error).
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
         self.tool("kubectl", args)
