@@ -14,6 +14,7 @@ packages=(
   kmod                 # depmod/modprobe order the guest's virtio-net modules (e2e/guest-image.sh)
   libc6-dev            # static glibc for the guest's helper, linked with rustc +crt-static
   clang llvm libbpf-dev  # compile the eBPF fast path (operator/bpf/) into the portiso binary
+  jq curl openssl      # e2e/local-cluster.sh: its Multus stand-in, health checks, throwaway PKI
 )
 
 missing=()

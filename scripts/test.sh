@@ -10,3 +10,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 # outside the clone (slow only on a cold machine; see e2e/README.md).
 bash e2e/k8s-bin.sh >/dev/null
 cargo test --workspace
+# A real single-node Kubernetes cluster on this machine (e2e/local-cluster.sh): helm install of
+# the chart with a locally built image, pods and a VM sandbox reached by real packets from an
+# outside peer. After the other tests; a missing prerequisite is named and the step skipped.
+bash e2e/local-cluster.sh ci

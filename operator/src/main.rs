@@ -48,6 +48,19 @@ enum Command {
         /// Serve Prometheus metrics here (plain HTTP), instead of the config's metricsAddress.
         #[arg(long, value_parser = portiso::config::parse_metrics_address)]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// Give the node back and exit: every uplink gets its address(es) and routes back;
+        /// bridges, sandbox ports and veths, fast-path pins and nftables chains are removed.
+        /// For nodes without Kubernetes (stop the agent first); idempotent.
+        #[arg(long)]
+        uninstall: bool,
+        /// The agent's own DaemonSet, NAMESPACE/NAME (cluster mode): on SIGTERM the agent
+        /// uninstalls (as --uninstall) only if it is gone or being deleted.
+        #[arg(long)]
+        daemonset: Option<String>,
+        /// A file written when the agent is done after SIGTERM (cleaned up, or decided not
+        /// to); the chart's OVS container waits for it before stopping OVS.
+        #[arg(long)]
+        stop_marker: Option<PathBuf>,
     },
     /// Ask the running agent what it is doing: datapath, fast path, uplinks, sandboxes with
     /// their ports and drop counters, refused PortRanges.
@@ -92,15 +105,31 @@ fn main() -> anyhow::Result<()> {
             overrides,
             node_name,
             metrics_addr,
+            uninstall,
+            daemonset,
+            stop_marker,
         } => {
+            portiso::memory::limit_arenas();
+            // SIGTERM is handled (below) from as early as possible: in a container the agent is
+            // PID 1, and a SIGTERM that comes before it has a handler is lost (ignored), which
+            // happens when a pod is deleted just as it starts.
+            let rt = tokio::runtime::Runtime::new()?;
+            let mut sigterm = {
+                let _guard = rt.enter();
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?
+            };
+            if let Some(m) = &stop_marker {
+                // A marker of an earlier container of this pod says nothing about this one.
+                let _ = std::fs::remove_file(m);
+            }
             let mut config = portiso::config::AgentConfig::load(&config)?;
             if metrics_addr.is_some() {
                 config.metrics_address = metrics_addr;
             }
-            let rt = tokio::runtime::Runtime::new()?;
-            let sources: Box<dyn portiso::agent::sources::Sources> = if kubernetes {
-                let node = node_name.unwrap_or_default();
-                Box::new(rt.block_on(async {
+            let mut watch = None;
+            let node = node_name.unwrap_or_default();
+            let client = if kubernetes {
+                Some(rt.block_on(async {
                     let client = kube::Client::try_default().await?;
                     if let Ok(text) = std::fs::read_to_string(&overrides) {
                         let labels = portiso::k8s::agent::node_labels(&client, &node).await?;
@@ -109,16 +138,87 @@ fn main() -> anyhow::Result<()> {
                             tracing::info!(%node, override_index = i, "per-node uplinks applied");
                         }
                     }
-                    portiso::k8s::agent::KubeSources::start(client, &node).await
+                    if let Some(ds) = daemonset.as_deref().filter(|_| !uninstall) {
+                        watch = Some(portiso::agent::uninstall::DaemonSetWatch::start(
+                            client.clone(),
+                            ds,
+                        )?);
+                    }
+                    anyhow::Ok(client)
                 })?)
             } else {
-                Box::new(portiso::agent::sources::FileSources::new(
-                    config.ranges_dir.clone(),
-                ))
+                None
             };
-            let agent =
-                portiso::agent::Agent::start(config, Box::new(portiso::ovs::OvsCli), sources)?;
-            rt.block_on(portiso::agent::serve(agent))
+            let ovs = portiso::ovs::OvsCli;
+            let budget = portiso::agent::uninstall::UNINSTALL_BUDGET;
+            if uninstall {
+                let outcome = portiso::agent::uninstall::uninstall(&config, &ovs, budget);
+                anyhow::ensure!(
+                    outcome.is_clean(),
+                    "uninstall left steps undone: {}",
+                    outcome.failed.join("; ")
+                );
+                return Ok(());
+            }
+            // Start and serve; SIGTERM is heard from the start on (an uninstall may come while
+            // the agent still waits for its watches or builds its bridges).
+            let terminated = rt.block_on(async {
+                let run = async {
+                    let sources: Box<dyn portiso::agent::sources::Sources> = match client {
+                        Some(client) => {
+                            Box::new(portiso::k8s::agent::KubeSources::start(client, &node).await?)
+                        }
+                        None => Box::new(portiso::agent::sources::FileSources::new(
+                            config.ranges_dir.clone(),
+                        )),
+                    };
+                    let config = config.clone();
+                    let agent = tokio::task::spawn_blocking(move || {
+                        portiso::agent::Agent::start(
+                            config,
+                            Box::new(portiso::ovs::OvsCli),
+                            sources,
+                        )
+                    })
+                    .await??;
+                    portiso::agent::serve(agent).await
+                };
+                tokio::select! {
+                    served = run => served.map(|()| false),
+                    _ = sigterm.recv() => Ok(true),
+                }
+            })?;
+            if !terminated {
+                return Ok(());
+            }
+            let decision = match &watch {
+                Some(w) => rt.block_on(w.decide()),
+                None => portiso::agent::uninstall::Decision {
+                    uninstall: false,
+                    reason: "no --daemonset: SIGTERM only stops the agent".into(),
+                },
+            };
+            tracing::info!(uninstall = decision.uninstall, reason = %decision.reason, "SIGTERM");
+            if !decision.uninstall {
+                if let Some(m) = &stop_marker {
+                    portiso::agent::uninstall::mark_done(m, &format!("kept: {}", decision.reason));
+                }
+                // Exactly as a SIGTERM always stopped the agent: at once, nothing torn down
+                // (no destructor runs: the fast path's programs and OVS's flows carry on).
+                std::process::exit(0);
+            }
+            // Nothing of the agent may run on (its poll would put back what is taken away).
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            let outcome = portiso::agent::uninstall::uninstall(&config, &ovs, budget);
+            let marker = if outcome.is_clean() {
+                "uninstalled".to_string()
+            } else {
+                format!("uninstalled, with failures: {}", outcome.failed.join("; "))
+            };
+            if let Some(m) = &stop_marker {
+                portiso::agent::uninstall::mark_done(m, &marker);
+            }
+            Ok(())
         }
         Command::Status(args) => portiso::status::run(args),
         Command::Trace(args) => portiso::trace::run(args),

@@ -1076,12 +1076,41 @@ fn rbac_grants_what_the_binaries_use_and_no_more() {
         assert!(allows(&agent, "portiso.io", "portranges", v, None));
         assert!(allows(&agent, "", "pods", v, None));
     }
+    // Its Node: read, and patched for the programmed annotation; nothing else written.
     assert!(allows(&agent, "", "nodes", "get", None));
+    assert!(allows(&agent, "", "nodes", "patch", None));
     for (g, res) in [("portiso.io", "portranges"), ("", "pods"), ("", "nodes")] {
         for v in ["create", "update", "patch", "delete"] {
+            if (res, v) == ("nodes", "patch") {
+                continue;
+            }
             assert!(!allows(&agent, g, res, v, None), "agent may {v} {res}");
         }
     }
+
+    // Its own DaemonSet, read (and watched) to tell `helm uninstall` from a restart on SIGTERM:
+    // that one object in the release namespace, read only; no cluster-wide access to any.
+    let agent_ds = r.agent().metadata.name.clone().expect("DaemonSet name");
+    assert_eq!(agent_ds, format!("{full}-agent"));
+    let role: Role = r.get("Role", &format!("{full}-agent"));
+    assert_eq!(role.metadata.namespace.as_deref(), Some(NAMESPACE));
+    let rules = role.rules.unwrap_or_default();
+    for v in ["get", "list", "watch"] {
+        assert!(
+            allows(&rules, "apps", "daemonsets", v, Some(&agent_ds)),
+            "agent may not {v} its DaemonSet"
+        );
+        assert!(!allows(&rules, "apps", "daemonsets", v, Some("another")));
+        assert!(!allows(&rules, "apps", "daemonsets", v, None));
+        assert!(!allows(&agent, "apps", "daemonsets", v, None));
+    }
+    for v in ["create", "update", "patch", "delete"] {
+        assert!(
+            !allows(&rules, "apps", "daemonsets", v, Some(&agent_ds)),
+            "agent may {v} its DaemonSet"
+        );
+    }
+    assert_eq!(rules.len(), 1, "{rules:?}");
 
     // Bindings tie each role to the right ServiceAccount in the release namespace.
     for (kind, name, sa) in [
@@ -1099,6 +1128,11 @@ fn rbac_grants_what_the_binaries_use_and_no_more() {
             "RoleBinding",
             format!("{full}-operator"),
             format!("{full}-operator"),
+        ),
+        (
+            "RoleBinding",
+            format!("{full}-agent"),
+            format!("{full}-agent"),
         ),
     ] {
         let (role_ref, subjects) = if kind == "RoleBinding" {

@@ -543,7 +543,11 @@ fn in_cluster_mode_traffic_rides_out_a_killed_agent_and_a_frozen_api_server() {
         tb.start_agent_with(&args, &env).unwrap();
     });
     assert_eq!(got, 4000, "{}", tb.agent_log());
-    assert_eq!(common::canonical_flows(&tb), before, "flows after the restart");
+    assert_eq!(
+        common::canonical_flows(&tb),
+        before,
+        "flows after the restart"
+    );
 
     let got = arrivals_at_web1_during(&mut tb, 6000, |_| {
         std::thread::sleep(Duration::from_millis(300));
@@ -552,7 +556,11 @@ fn in_cluster_mode_traffic_rides_out_a_killed_agent_and_a_frozen_api_server() {
         s.freeze_apiserver(false).unwrap();
     });
     assert_eq!(got, 6000, "{}", tb.agent_log());
-    assert_eq!(common::canonical_flows(&tb), before, "flows after the freeze");
+    assert_eq!(
+        common::canonical_flows(&tb),
+        before,
+        "flows after the freeze"
+    );
 
     apply(
         &s,

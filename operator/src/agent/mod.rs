@@ -21,6 +21,7 @@ pub mod sources;
 pub mod state;
 mod status;
 mod trace;
+pub mod uninstall;
 
 pub use server::serve;
 pub use status::EGRESS_NOT_ALLOWED;
@@ -378,6 +379,7 @@ impl Agent {
             }
         }
         self.reconcile_all()?;
+        crate::memory::give_back_freed();
         if all_numbered {
             self.last_full_resync = std::time::Instant::now();
         } else {
@@ -665,6 +667,34 @@ mod tests {
         assert_eq!(
             meters(&ovs).into_keys().collect::<Vec<_>>(),
             [slow_path_meter(1), slow_path_meter(2)]
+        );
+    }
+
+    #[test]
+    fn meters_another_agent_added_meanwhile_are_changed_not_added_again() {
+        let ovs = Arc::new(FakeOvs::default());
+        let mut a = agent(ovs.clone());
+        a.reconcile_all().unwrap();
+        // Another agent of the node (one still stopping) removed all and added one back,
+        // behind this agent's knowledge: adding fails with "exists", changing does it.
+        let id = crate::flows::meters::slow_path_meter(4);
+        ovs.meter_table
+            .lock()
+            .unwrap()
+            .get_mut("br-eth1")
+            .unwrap()
+            .insert(
+                id,
+                crate::flows::MeterRate {
+                    packets_per_second: 1,
+                    burst: 1,
+                },
+            );
+        a.attachments.push(attachment("c", 4));
+        a.reconcile_all().unwrap();
+        assert_eq!(
+            ovs.meter_table.lock().unwrap()["br-eth1"][&id],
+            crate::flows::meters::SANDBOX_SLOW_PATH
         );
     }
 

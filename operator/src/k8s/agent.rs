@@ -126,7 +126,13 @@ impl Sources for KubeSources {
     }
 
     fn report(&self, programmed: BTreeMap<String, u32>) {
-        if self.reported.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&programmed) {
+        if self
+            .reported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            == Some(&programmed)
+        {
             return;
         }
         let value = serde_json::to_string(&programmed).unwrap_or_default();

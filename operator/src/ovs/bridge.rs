@@ -323,6 +323,26 @@ pub fn del_port(ovs: &dyn OvsExec, bridge: &str, iface: &str) -> Result<(), OvsE
         .map(|_| ())
 }
 
+/// Removes a bridge with its ports, flows and meters; a bridge that is already gone is fine.
+pub fn del_bridge(ovs: &dyn OvsExec, bridge: &str) -> Result<(), OvsError> {
+    ovs.vsctl(&["--if-exists", "del-br", bridge]).map(|_| ())
+}
+
+/// The names of a bridge's ports; none if the bridge does not exist.
+pub fn bridge_ports(ovs: &dyn OvsExec, bridge: &str) -> Result<Vec<String>, OvsError> {
+    let listed = match ovs.vsctl(&["list-ports", bridge]) {
+        Ok(l) => l,
+        Err(e) if e.stderr.contains("no bridge named") => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(listed
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
 fn quote(v: &str) -> String {
     format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
 }

@@ -210,7 +210,11 @@ impl KubeTestServer {
             .processes
             .get(1)
             .ok_or_else(|| anyhow::anyhow!("kube-apiserver is not running"))?;
-        let signal = if frozen { Signal::SIGSTOP } else { Signal::SIGCONT };
+        let signal = if frozen {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
         kill(nix::unistd::Pid::from_raw(apiserver.id() as i32), signal)?;
         Ok(())
     }

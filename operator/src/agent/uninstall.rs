@@ -1,0 +1,340 @@
+//! Uninstalling: gives the node back what the agent took, so that `helm uninstall` (or
+//! `portiso agent --uninstall` on a node without Kubernetes) leaves no bridge, port, flow,
+//! veth, fast-path pin or nftables chain behind, and every uplink NIC has its address(es) and
+//! routes again.
+//!
+//! What is undone, per step, each best-effort (a failure is logged and the next step runs)
+//! and idempotent (a second run finds nothing and changes nothing):
+//!
+//! 1. the eBPF fast path: its pinned links (which hold the XDP programs on the uplinks and
+//!    sandbox ports) and its pinned maps in `datapath.bpfDir`;
+//! 2. every sandbox port: the OVS port and its host-side veth (the sandbox's end goes with
+//!    it), with its isolation chain; and any veth left with the agent's naming;
+//! 3. per uplink: the addresses and routes on the bridge's internal port are read, the bridge
+//!    is deleted (`ovs-vsctl --if-exists del-br`: ports, flows and meters with it), the
+//!    uplink's isolation chain is removed, the addresses and routes go back onto the uplink,
+//!    and a bridge device that outlived OVS (the userspace datapath's tap) is deleted;
+//! 4. the nftables table that held the isolation chains, and the agent's socket.
+//!
+//! The whole run is bounded: once its time is up the remaining steps are skipped (logged).
+//!
+//! When it runs: `portiso agent --uninstall`, or a cluster agent that gets SIGTERM while its
+//! DaemonSet is gone or being deleted (`helm uninstall`); an ordinary restart or rolling
+//! update (the DaemonSet is still there) leaves everything running, as before. [`decide`] is
+//! that choice; [`DaemonSetWatch`] gathers what it needs from the API server.
+
+use crate::config::AgentConfig;
+use crate::fastpath;
+use crate::link;
+use crate::ovs::{bridge as ovsdb, OvsExec};
+use std::time::{Duration, Instant};
+
+/// How long an uninstall may take in all (within the pod's termination grace period, beside
+/// the decision and the OVS container's wait for it).
+pub const UNINSTALL_BUDGET: Duration = Duration::from_secs(15);
+
+/// What an uninstall run did not manage.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The steps that failed or were skipped, each with why.
+    pub failed: Vec<String>,
+}
+
+impl Outcome {
+    pub fn is_clean(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+struct Run {
+    deadline: Instant,
+    outcome: Outcome,
+}
+
+impl Run {
+    /// Runs one step unless the time is up; logs and records its failure.
+    fn step<E: std::fmt::Display>(&mut self, what: &str, f: impl FnOnce() -> Result<(), E>) {
+        if Instant::now() >= self.deadline {
+            tracing::warn!(step = %what, "uninstall: out of time, step skipped");
+            self.outcome
+                .failed
+                .push(format!("{what}: skipped (out of time)"));
+            return;
+        }
+        match f() {
+            Ok(()) => tracing::debug!(step = %what, "uninstall: done"),
+            Err(e) => {
+                tracing::warn!(step = %what, error = %e, "uninstall: step failed; going on");
+                self.outcome.failed.push(format!("{what}: {e}"));
+            }
+        }
+    }
+}
+
+/// Undoes everything the agent did on this node for the uplinks of `config` (see the module's
+/// documentation), within `budget`. Must not run beside a live agent (it would put things back).
+pub fn uninstall(config: &AgentConfig, ovs: &dyn OvsExec, budget: Duration) -> Outcome {
+    let started = Instant::now();
+    let mut run = Run {
+        deadline: started + budget,
+        outcome: Outcome::default(),
+    };
+    tracing::info!(
+        uplinks = config.uplinks.len(),
+        "uninstall: giving the node back"
+    );
+
+    // 1. The fast path first: its programs redirect straight to sandbox ports.
+    let bpf_dir = config.datapath.bpf_dir.clone();
+    run.step("remove the fast path's pins", || remove_pins(&bpf_dir));
+
+    // 2. Sandbox ports and their veths.
+    let rows = match ovsdb::sandbox_interfaces(ovs) {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "uninstall: cannot list sandbox ports in OVS; their veths are still removed");
+            run.outcome.failed.push(format!("list sandbox ports: {e}"));
+            Vec::new()
+        }
+    };
+    for u in &config.uplinks {
+        let on_bridge = ovsdb::bridge_ports(ovs, &u.bridge).unwrap_or_default();
+        for r in rows.iter().filter(|r| {
+            on_bridge.contains(&r.name)
+                || r.ids.get(ovsdb::EXT_UPLINK).map(String::as_str) == Some(u.name.as_str())
+        }) {
+            let sandbox = r.ids.get(ovsdb::EXT_SANDBOX).cloned().unwrap_or_default();
+            run.step(&format!("remove sandbox port {}", r.name), || {
+                ovsdb::del_port(ovs, &u.bridge, &r.name)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| link::delete(&r.name).map_err(|e| e.to_string()))
+                    .map(|()| tracing::info!(%sandbox, port = %r.name, bridge = %u.bridge, "uninstall: sandbox port and veth removed"))
+            });
+        }
+    }
+    for v in link::host_veths() {
+        run.step(&format!("remove veth {v}"), || {
+            link::delete(&v).map(|()| tracing::info!(port = %v, "uninstall: veth removed"))
+        });
+    }
+
+    // 3. Each uplink gets its addresses and routes back; its bridge goes.
+    for u in &config.uplinks {
+        let mut cidrs = link::ipv4_cidrs(&u.bridge);
+        if cidrs.is_empty() && !u.address_from_nic {
+            // The bridge's device is gone already (a second run, or OVS re-created nothing):
+            // the configured address belongs on the uplink.
+            cidrs.push(u.cidr());
+        }
+        let routes = link::routes_through(&u.bridge);
+        run.step(&format!("delete bridge {}", u.bridge), || {
+            ovsdb::del_bridge(ovs, &u.bridge)
+        });
+        link::release_from_host_stack(&u.name);
+        run.step(&format!("give {} its address back", u.name), || {
+            link::return_address(&u.bridge, &u.name, &cidrs, &routes)
+        });
+        if link::exists(&u.bridge) {
+            // A userspace datapath's internal port outlives OVS when OVS is not running.
+            run.step(&format!("delete device {}", u.bridge), || {
+                link::delete_device(&u.bridge)
+            });
+        }
+        tracing::info!(uplink = %u.name, bridge = %u.bridge, addresses = ?cidrs, routes = ?routes, "uninstall: uplink given back");
+    }
+
+    // 4. What is left of the isolation and the socket.
+    link::remove_isolation_table();
+    let _ = std::fs::remove_file(&config.socket);
+
+    let outcome = run.outcome;
+    if outcome.is_clean() {
+        tracing::info!(took = ?started.elapsed(), "uninstall: done, nothing of portiso left");
+    } else {
+        tracing::warn!(took = ?started.elapsed(), failed = ?outcome.failed, "uninstall: done, with steps that failed");
+    }
+    outcome
+}
+
+/// Removes the fast path's pinned links (which takes its programs off the devices) and then
+/// its pinned maps. A directory that is a mount point of its own stays (empty).
+fn remove_pins(dir: &std::path::Path) -> std::io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let links = fastpath::remove_leftover_links(dir);
+    let mut maps = 0;
+    for e in std::fs::read_dir(dir)?.flatten() {
+        if std::fs::remove_file(e.path()).is_ok() {
+            maps += 1;
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+    tracing::info!(dir = %dir.display(), links, maps, "uninstall: fast path pins removed");
+    Ok(())
+}
+
+/// What the agent knows about its own DaemonSet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DaemonSetState {
+    Present,
+    /// It has a deletionTimestamp (foreground deletion).
+    Deleting,
+    /// Not found.
+    Gone,
+    /// The API server did not say (an error, a timeout), and why.
+    Unknown(String),
+}
+
+/// Whether to uninstall, and why (for the log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub uninstall: bool,
+    pub reason: String,
+}
+
+/// On SIGTERM: uninstall only when the DaemonSet is gone or being deleted, never on an ordinary
+/// restart. `fetched` is a GET made now; `watched` what the watch on it last saw (None when
+/// the watch never synced). A GET that fails (after `helm uninstall` the agent's
+/// ServiceAccount and Role may already be gone) defers to the watch; when neither tells, the
+/// node is left as it is.
+pub fn decide(watched: Option<&DaemonSetState>, fetched: &DaemonSetState) -> Decision {
+    use DaemonSetState::*;
+    let (uninstall, reason) = match (fetched, watched) {
+        (Gone, _) => (true, "the agent's DaemonSet is gone".to_string()),
+        (Deleting, _) => (true, "the agent's DaemonSet is being deleted".to_string()),
+        (Present, _) => (
+            false,
+            "the agent's DaemonSet is still there: an ordinary restart".to_string(),
+        ),
+        (Unknown(why), Some(Gone)) => (
+            true,
+            format!("the watch saw the agent's DaemonSet deleted (a GET now failed: {why})"),
+        ),
+        (Unknown(why), Some(Deleting)) => (
+            true,
+            format!("the watch saw the agent's DaemonSet being deleted (a GET now failed: {why})"),
+        ),
+        (Unknown(why), Some(Present)) => (
+            false,
+            format!("the watch last saw the agent's DaemonSet (a GET now failed: {why})"),
+        ),
+        (Unknown(why), None | Some(Unknown(_))) => (
+            false,
+            format!("cannot tell whether the agent's DaemonSet is being deleted ({why}): the node is left as it is"),
+        ),
+    };
+    Decision { uninstall, reason }
+}
+
+/// A watch on the agent's own DaemonSet (`--daemonset NAMESPACE/NAME`), for [`decide`].
+pub struct DaemonSetWatch {
+    api: kube::Api<k8s_openapi::api::apps::v1::DaemonSet>,
+    name: String,
+    namespace: String,
+    store: kube::runtime::reflector::Store<k8s_openapi::api::apps::v1::DaemonSet>,
+}
+
+impl DaemonSetWatch {
+    /// Starts the watch (needs a Tokio runtime); `which` is `NAMESPACE/NAME`.
+    pub fn start(client: kube::Client, which: &str) -> anyhow::Result<Self> {
+        let (namespace, name) = which
+            .split_once('/')
+            .filter(|(n, d)| !n.is_empty() && !d.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("--daemonset {which:?}: write NAMESPACE/NAME"))?;
+        let api = kube::Api::namespaced(client, namespace);
+        let store = crate::k8s::watch(
+            api.clone(),
+            kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}")),
+            None,
+        );
+        Ok(Self {
+            api,
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            store,
+        })
+    }
+
+    fn state_of(ds: &k8s_openapi::api::apps::v1::DaemonSet) -> DaemonSetState {
+        if ds.metadata.deletion_timestamp.is_some() {
+            DaemonSetState::Deleting
+        } else {
+            DaemonSetState::Present
+        }
+    }
+
+    async fn watched(&self) -> Option<DaemonSetState> {
+        tokio::time::timeout(Duration::from_millis(100), self.store.wait_until_ready())
+            .await
+            .ok()?
+            .ok()?;
+        let key = kube::runtime::reflector::ObjectRef::new(&self.name).within(&self.namespace);
+        Some(match self.store.get(&key) {
+            Some(ds) => Self::state_of(&ds),
+            None => DaemonSetState::Gone,
+        })
+    }
+
+    async fn fetched(&self) -> DaemonSetState {
+        match tokio::time::timeout(Duration::from_secs(3), self.api.get_opt(&self.name)).await {
+            Ok(Ok(Some(ds))) => Self::state_of(&ds),
+            Ok(Ok(None)) => DaemonSetState::Gone,
+            Ok(Err(e)) => DaemonSetState::Unknown(e.to_string()),
+            Err(_) => DaemonSetState::Unknown("no answer within 3 s".into()),
+        }
+    }
+
+    /// Decides (see [`decide`]); when the GET fails and the watch still shows the DaemonSet,
+    /// gives the watch up to 2 s to report a deletion that is under way.
+    pub async fn decide(&self) -> Decision {
+        let fetched = self.fetched().await;
+        let mut d = decide(self.watched().await.as_ref(), &fetched);
+        if matches!(fetched, DaemonSetState::Unknown(_)) && !d.uninstall {
+            let until = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < until && !d.uninstall {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                d = decide(self.watched().await.as_ref(), &fetched);
+            }
+        }
+        d
+    }
+}
+
+/// Tells the chart's OVS container that the agent is done (cleaned up, or decided not to):
+/// it waits for this file before stopping the daemons the cleanup needs.
+pub fn mark_done(marker: &std::path::Path, decision: &str) {
+    if let Some(dir) = marker.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = std::fs::write(marker, format!("{decision}\n")) {
+        tracing::warn!(marker = %marker.display(), error = %e, "cannot write the stop marker");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DaemonSetState::*;
+    use super::*;
+
+    #[test]
+    fn only_a_daemonset_gone_or_being_deleted_uninstalls() {
+        let unknown = Unknown("Unauthorized".into());
+        // A GET that answers decides, whatever the watch last saw.
+        for watched in [None, Some(Present), Some(Gone), Some(Deleting)] {
+            assert!(decide(watched.as_ref(), &Gone).uninstall);
+            assert!(decide(watched.as_ref(), &Deleting).uninstall);
+            let d = decide(watched.as_ref(), &Present);
+            assert!(!d.uninstall, "{d:?}");
+            assert!(d.reason.contains("ordinary restart"), "{d:?}");
+        }
+        // A GET that fails (ServiceAccount or Role already deleted) defers to the watch.
+        assert!(decide(Some(&Gone), &unknown).uninstall);
+        assert!(decide(Some(&Deleting), &unknown).uninstall);
+        assert!(!decide(Some(&Present), &unknown).uninstall);
+        // Nothing tells: the node is left as it is.
+        let d = decide(None, &unknown);
+        assert!(!d.uninstall && d.reason.contains("Unauthorized"), "{d:?}");
+        assert!(!decide(Some(&unknown), &unknown).uninstall);
+    }
+}

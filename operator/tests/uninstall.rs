@@ -1,0 +1,233 @@
+//! Uninstalling gives the node back: after `portiso agent --uninstall` every uplink has its
+//! address and the default route again and answers on it, and no bridge, OVS port, veth,
+//! nftables chain or fast-path pin is left; a second run finds nothing and succeeds. SIGTERM
+//! without a DaemonSet to ask (an ordinary stop) leaves everything in place. Needs root and
+//! Open vSwitch.
+
+mod common;
+
+use common::dataplane::web_ranges;
+use common::node::host_ifs;
+use common::testbed_with;
+use portiso::testbed::Testbed;
+use std::time::{Duration, Instant};
+
+/// The node's default route goes through the peer behind up1, as a real node's through its
+/// gateway; the agent moves it onto br-up1.
+fn with_default_route(tb: &Testbed) {
+    tb.node_cmd(
+        "ip",
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.51.100.7",
+            "dev",
+            "up1",
+        ],
+    )
+    .unwrap();
+}
+
+fn addresses(tb: &Testbed, dev: &str) -> Vec<String> {
+    tb.node_cmd("ip", &["-4", "-o", "addr", "show", "dev", dev])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .skip_while(|w| *w != "inet")
+                .nth(1)
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+fn default_route(tb: &Testbed) -> String {
+    tb.node_cmd("ip", &["-4", "route", "show", "default"])
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn links(tb: &Testbed) -> Vec<String> {
+    tb.node_cmd("ip", &["-o", "link"])
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(|n| n.trim_end_matches(':').split('@').next().unwrap_or(n))
+        .map(str::to_string)
+        .collect()
+}
+
+fn uninstall(tb: &Testbed) -> (Duration, Result<String, portiso::exec::ExecError>) {
+    let config = tb.dir.join("agent.yaml").display().to_string();
+    let bin = tb.portiso_bin.display().to_string();
+    let t = Instant::now();
+    let out = tb.node_cmd(&bin, &["agent", "--config", &config, "--uninstall"]);
+    (t.elapsed(), out)
+}
+
+/// Everything of portiso is gone and the uplinks are as before the agent.
+fn assert_given_back(tb: &Testbed) {
+    assert_eq!(addresses(tb, "up1"), ["198.51.100.1/24"]);
+    assert_eq!(addresses(tb, "up2"), ["203.0.113.1/24"]);
+    assert_eq!(default_route(tb), "default via 198.51.100.7 dev up1");
+    let l = links(tb);
+    assert!(
+        !l.iter().any(|n| n.starts_with("br-")),
+        "bridge devices left: {l:?}"
+    );
+    assert_eq!(host_ifs(tb), Vec::<String>::new(), "veths left");
+    assert_eq!(
+        tb.node_cmd("ovs-vsctl", &["list-br"]).unwrap().trim(),
+        "",
+        "bridges left in OVS"
+    );
+    assert_eq!(
+        tb.node_cmd(
+            "ovs-vsctl",
+            &["--bare", "--columns=name", "list", "Interface"]
+        )
+        .unwrap()
+        .trim(),
+        "",
+        "interfaces left in OVS"
+    );
+    assert!(
+        tb.node_cmd("nft", &["list", "table", "netdev", "portiso"])
+            .is_err(),
+        "the isolation table is left"
+    );
+    let pins: Vec<_> = std::fs::read_dir(tb.bpf_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        // A bpffs's own files at its root (the testbed's bpfDir is a mount of its own).
+        .filter(|n| !["maps.debug", "progs.debug"].contains(&n.as_str()))
+        .collect();
+    assert!(pins.is_empty(), "fast-path pins left: {pins:?}");
+    // The node answers on its address again, through the NIC itself.
+    for (uplink, port) in [(0, 10000), (1, 10050), (0, 8080)] {
+        assert_eq!(
+            tb.probe(false, uplink, port, &[]).unwrap().landed,
+            ["host"],
+            "uplink {uplink} port {port}"
+        );
+    }
+}
+
+#[test]
+fn uninstall_gives_every_uplink_back_and_leaves_nothing_twice_over() {
+    let mut tb = testbed_with("uninst", &web_ranges(), None, with_default_route);
+    tb.attach("web1", "up1").unwrap();
+    tb.attach("web2", "up1").unwrap();
+    tb.attach("web1", "up2").unwrap();
+    // The agent's takeover, as it is before the uninstall.
+    assert_eq!(addresses(&tb, "up1"), Vec::<String>::new());
+    assert_eq!(addresses(&tb, "br-up1"), ["198.51.100.1/24"]);
+    assert_eq!(default_route(&tb), "default via 198.51.100.7 dev br-up1");
+    assert_eq!(host_ifs(&tb).len(), 3);
+    assert_eq!(
+        tb.probe(false, 0, 10000, &["web1", "web2"]).unwrap().landed,
+        ["web1"]
+    );
+    let log = tb.agent_log();
+    let fast_path = log.contains("eBPF fast path on");
+
+    tb.kill_agent();
+    let (took, out) = uninstall(&tb);
+    let out = out.unwrap_or_else(|e| panic!("uninstall failed: {e}\n{}", tb.agent_log()));
+    eprintln!("uninstall took {took:?} (fast path was on: {fast_path}): {out}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert_given_back(&tb);
+    // The sandboxes lost their portiso interface with the veths.
+    for s in ["web1", "web2"] {
+        let ns = tb.sandbox_ns(s);
+        let l = portiso::exec::run("ip", &["-n", &ns, "-o", "link"]).unwrap();
+        assert!(
+            !l.contains("eth0") && !l.contains("eth1"),
+            "{s} still has: {l}"
+        );
+    }
+
+    // Twice over: nothing to do, nothing changes, success.
+    let (took, out) = uninstall(&tb);
+    out.unwrap_or_else(|e| panic!("second uninstall failed: {e}"));
+    eprintln!("second uninstall took {took:?}");
+    assert_given_back(&tb);
+
+    // An agent started afterwards takes the node over again as on a fresh node.
+    tb.start_agent().unwrap();
+    assert_eq!(addresses(&tb, "br-up1"), ["198.51.100.1/24"]);
+    assert_eq!(default_route(&tb), "default via 198.51.100.7 dev br-up1");
+    tb.attach("web2", "up1").unwrap();
+    assert_eq!(
+        tb.probe(false, 0, 10100, &["web2"]).unwrap().landed,
+        ["web2"]
+    );
+}
+
+#[test]
+fn sigterm_without_a_daemonset_to_ask_only_stops_the_agent() {
+    let mut tb = testbed_with("uninterm", &web_ranges(), None, with_default_route);
+    let marker = tb.dir.join("stop").join("agent-done");
+    let marker_arg = marker.display().to_string();
+    tb.kill_agent();
+    tb.start_agent_with(&["--stop-marker", &marker_arg], &[])
+        .unwrap();
+    tb.attach("web1", "up1").unwrap();
+    let pid: i32 = std::fs::read_to_string(tb.dir.join("agent.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // `ip netns exec` runs the agent in its own process (exec): the pid is the agent's.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let t = Instant::now();
+    while !marker.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no stop marker; agent log:\n{}",
+            tb.agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let said = std::fs::read_to_string(&marker).unwrap();
+    assert!(said.starts_with("kept"), "{said}");
+    // Exited: no process, or a zombie the testbed has not collected yet.
+    let gone = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    let t = Instant::now();
+    while !gone(pid) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the agent did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Everything still carries traffic, as after any restart.
+    assert_eq!(addresses(&tb, "br-up1"), ["198.51.100.1/24"]);
+    assert_eq!(default_route(&tb), "default via 198.51.100.7 dev br-up1");
+    let landed = tb.probe(false, 0, 10000, &["web1"]).unwrap().landed;
+    assert_eq!(
+        landed,
+        ["web1"],
+        "flows:\n{}\nagent log:\n{}",
+        tb.dump_flows("br-up1").unwrap_or_default(),
+        tb.agent_log()
+    );
+    tb.kill_agent();
+}
