@@ -23,10 +23,10 @@ impl Agent {
         let desired = bridge_meters(s);
         for m in &desired {
             match present.iter().find(|p| p.id == m.id) {
-                None => self.ovs.set_meter(bridge, m, false)?,
+                None => self.ensure_meter(bridge, m, false)?,
                 Some(p) if p.rate != m.rate => {
                     tracing::info!(%bridge, meter = m.id, old = ?p.rate, new = ?m.rate, "meter's rate changed");
-                    self.ovs.set_meter(bridge, m, true)?
+                    self.ensure_meter(bridge, m, true)?
                 }
                 Some(_) => {}
             }
@@ -50,6 +50,14 @@ impl Agent {
             }
         }
         self.meter_cache().insert(bridge.to_string(), now);
+    }
+
+    /// Adds the meter (or changes it, `exists`); if OVS says the opposite of what the agent
+    /// knew (another agent of this node, still stopping, got there first), does the other.
+    fn ensure_meter(&self, bridge: &str, m: &Meter, exists: bool) -> Result<(), OvsError> {
+        self.ovs
+            .set_meter(bridge, m, exists)
+            .or_else(|_| self.ovs.set_meter(bridge, m, !exists))
     }
 
     fn meter_cache(

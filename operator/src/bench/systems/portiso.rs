@@ -100,7 +100,7 @@ pub(super) fn switch_datapath(b: &mut Built, datapath: &str) -> anyhow::Result<(
     // Take back the earlier row's flow update, so that this row's changes something again.
     tb.write_ranges("bench.yaml", &ranges_yaml(n + 1, false))?;
     let to = tb.uplinks[0].at(UPDATE_PORT);
-    let servers = crate::bench::load::Servers::start(&[(tb.sandbox_ns(&name(0)), UPDATE_PORT)])?;
+    let servers = update_port_server(tb)?;
     let taken_back = netns::run_in(&tb.outside, move || {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -201,12 +201,28 @@ fn next_attaches(tb: &mut Testbed, n: usize) -> anyhow::Result<Vec<f64>> {
     Ok(times)
 }
 
+/// A server on [`UPDATE_PORT`] in sandbox 0. Once sandbox 0 owned that range, the agent may
+/// have put its ephemeral ports there (`ip_local_port_range`), so a connection of the last
+/// measurement may still hold the port while it closes: binding is tried again until then.
+fn update_port_server(tb: &Testbed) -> anyhow::Result<crate::bench::load::Servers> {
+    let at = [(tb.sandbox_ns(&name(0)), UPDATE_PORT)];
+    // Longer than the kernel keeps a closing connection (tcp_fin_timeout, 60 s).
+    let deadline = Instant::now() + Duration::from_secs(70);
+    loop {
+        match crate::bench::load::Servers::start(&at) {
+            Err(e) if e.to_string().contains("in use") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(250))
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Gives sandbox 0 one more TCP range ([`UPDATE_PORT`]) by rewriting the PortRange file, and
 /// times it until a connection from the peer to the new port reaches the sandbox (before,
 /// the node's own stack refuses it).
 fn flow_update(tb: &Testbed, n: usize) -> anyhow::Result<FlowUpdate> {
-    let ns = tb.sandbox_ns(&name(0));
-    let servers = crate::bench::load::Servers::start(&[(ns, UPDATE_PORT)])?;
+    let servers = update_port_server(tb)?;
     let to = tb.uplinks[0].at(UPDATE_PORT);
     let file = tb.dir.join("ranges").join("bench.yaml");
     let t0 = Instant::now();
