@@ -46,153 +46,21 @@ CONTAINERD_CMDS=(containerd containerd-shim-runc-v2 ctr)
 CNI_PLUGINS=(bridge host-local loopback)
 BINARIES=("${K8S_CMDS[@]}" "${CONTAINERD_CMDS[@]}" crictl "${CNI_PLUGINS[@]/#/cni/}")
 
-log() { printf 'cluster-bin: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+NAME=cluster-bin
+# The builds take both cores for many minutes: in the background by default.
+GOBIN_NICE=19
 
-has_all() {
-    local dir=$1 b
-    for b in "${BINARIES[@]}"; do
-        [[ -x "$dir/$b" ]] || return 1
-    done
-}
-
-if [[ -n "${PORTISO_CLUSTER_BIN:-}" ]]; then
-    has_all "$PORTISO_CLUSTER_BIN" ||
-        die "PORTISO_CLUSTER_BIN=$PORTISO_CLUSTER_BIN lacks one of: ${BINARIES[*]}"
-    (cd "$PORTISO_CLUSTER_BIN" && pwd)
-    exit 0
-fi
+# shellcheck source=e2e/gobin-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gobin-lib.sh"
 
 KEY="${K8S_VERSION}-containerd${CONTAINERD_VERSION}-crictl${CRICTL_VERSION}-cni${CNI_PLUGINS_VERSION}"
 CACHE_ROOT=${PORTISO_CACHE:-/var/cache/portiso}
 BIN_DIR="$CACHE_ROOT/cluster/$KEY"
 BUILD_DIR="$CACHE_ROOT/build/cluster-$KEY"
 
-if has_all "$BIN_DIR"; then
-    log "cached: $BIN_DIR"
-    echo "$BIN_DIR"
-    exit 0
-fi
-
-GO_BIN=${PORTISO_GO:-}
-if [[ -z "$GO_BIN" ]]; then
-    if command -v go >/dev/null 2>&1; then
-        GO_BIN=$(command -v go)
-    elif [[ -x /usr/local/go/bin/go ]]; then
-        GO_BIN=/usr/local/go/bin/go
-    else
-        die "no Go toolchain found (set PORTISO_GO)"
-    fi
-fi
-NICE=${PORTISO_NICE:-19}
-go_() { nice -n "$NICE" "$GO_BIN" "$@"; }
-
-export GOWORK=off CGO_ENABLED=0
-
-mkdir -p "$BIN_DIR/cni" "$BUILD_DIR"
-exec 9>"$BIN_DIR/.lock"
-if ! flock -n 9; then
-    log "another cluster-bin.sh is building $KEY; waiting"
-    flock 9
-fi
-if has_all "$BIN_DIR"; then
-    log "cached: $BIN_DIR"
-    echo "$BIN_DIR"
-    exit 0
-fi
-
-rm -rf "$BIN_DIR"/.tmp.*
-TMP_OUT=$(mktemp -d "$BIN_DIR/.tmp.XXXXXX")
-cleanup() { rm -rf "$TMP_OUT"; }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-log "$("$GO_BIN" version) ; GOPROXY=$("$GO_BIN" env GOPROXY)"
-log "building into $BIN_DIR (build modules in $BUILD_DIR)"
-START_ALL=$SECONDS
-
-# install_bin NAME [DEST]: move a finished binary into place atomically.
-install_bin() {
-    local dest=${2:-$1}
-    chmod 0755 "$TMP_OUT/$1"
-    mv -f "$TMP_OUT/$1" "$BIN_DIR/$dest"
-    log "ready: $BIN_DIR/$dest"
-}
-
-fresh_module() {
-    rm -rf "$1"
-    mkdir -p "$1"
-}
-
-# simple_module NAME MODULE VERSION: a throwaway module requiring MODULE.
-simple_module() {
-    local dir="$BUILD_DIR/$1"
-    fresh_module "$dir"
-    cat >"$dir/go.mod" <<EOF
-module portiso.invalid/e2e/$1
-
-go $GO_DIRECTIVE
-
-require $2 $3
-EOF
-}
-
-build_kubernetes() {
-    local dir="$BUILD_DIR/kubernetes" start=$SECONDS gomod staging m cmd
-    local -a need=()
-    for cmd in "${K8S_CMDS[@]}"; do
-        [[ -x "$BIN_DIR/$cmd" ]] || need+=("$cmd")
-    done
-    ((${#need[@]})) || return 0
-
-    gomod=$(cd "$BUILD_DIR" &&
-        "$GO_BIN" mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
-        sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
-    [[ -f "$gomod" ]] || die "could not download k8s.io/kubernetes@$K8S_VERSION"
-    staging=$(sed -n 's#^[[:space:]]*\(k8s\.io/[^[:space:]]*\)[[:space:]]*=>[[:space:]]*\./staging/src/.*#\1#p' "$gomod")
-    [[ -n "$staging" ]] || die "no staging modules found in $gomod"
-
-    fresh_module "$dir"
-    {
-        echo "module portiso.invalid/e2e/kubernetes"
-        echo
-        echo "go $GO_DIRECTIVE"
-        echo
-        echo "require k8s.io/kubernetes $K8S_VERSION"
-        echo
-        echo "replace ("
-        for m in $staging; do
-            echo "	$m => $m $K8S_STAGING_VERSION"
-        done
-        echo ")"
-    } >"$dir/go.mod"
-
-    local ldflags="-s -w" pkg
-    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-        ldflags+=" -X $pkg.gitVersion=$K8S_VERSION"
-        ldflags+=" -X $pkg.gitMajor=$K8S_MAJOR"
-        ldflags+=" -X $pkg.gitMinor=$K8S_MINOR"
-        ldflags+=" -X $pkg.gitTreeState=clean"
-    done
-    (
-        cd "$dir"
-        local -a pkgs=()
-        for cmd in "${need[@]}"; do
-            pkgs+=("k8s.io/kubernetes/cmd/$cmd@$K8S_VERSION")
-        done
-        log "kubernetes: go get ${pkgs[*]}"
-        go_ get "${pkgs[@]}" >&2
-        for cmd in "${need[@]}"; do
-            local s=$SECONDS
-            log "kubernetes $K8S_VERSION: go build $cmd"
-            go_ build -trimpath -ldflags "$ldflags" -o "$TMP_OUT/$cmd" "k8s.io/kubernetes/cmd/$cmd" >&2
-            install_bin "$cmd"
-            log "$cmd compiled in $((SECONDS - s))s"
-        done
-    )
-    log "kubernetes built in $((SECONDS - start))s"
-}
+gobin_ready PORTISO_CLUSTER_BIN
+gobin_begin
+mkdir -p "$BIN_DIR/cni"
 
 build_containerd() {
     local dir="$BUILD_DIR/containerd" start=$SECONDS cmd mod=github.com/containerd/containerd/v2
@@ -276,8 +144,5 @@ build_cni() {
 build_cni
 build_crictl
 build_containerd
-build_kubernetes
-
-has_all "$BIN_DIR" || die "build finished but $BIN_DIR is incomplete"
-log "all binaries ready in $((SECONDS - START_ALL))s: $BIN_DIR"
-echo "$BIN_DIR"
+build_kubernetes "${K8S_CMDS[@]}"
+gobin_done

@@ -30,91 +30,18 @@ GO_DIRECTIVE=1.26.0          # `go` line of the generated build modules
 # ------------------------------------------------------------------------------
 
 BINARIES=(etcd kube-apiserver kubectl helm)
+NAME=k8s-bin
 
-log() { printf 'k8s-bin: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-has_all() {
-    local dir=$1 b
-    for b in "${BINARIES[@]}"; do
-        [[ -x "$dir/$b" ]] || return 1
-    done
-}
-
-if [[ -n "${PORTISO_K8S_BIN:-}" ]]; then
-    has_all "$PORTISO_K8S_BIN" ||
-        die "PORTISO_K8S_BIN=$PORTISO_K8S_BIN lacks one of: ${BINARIES[*]}"
-    log "using PORTISO_K8S_BIN=$PORTISO_K8S_BIN"
-    (cd "$PORTISO_K8S_BIN" && pwd)
-    exit 0
-fi
+# shellcheck source=e2e/gobin-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gobin-lib.sh"
 
 KEY="${K8S_VERSION}-etcd${ETCD_VERSION}-helm${HELM_VERSION}"
 CACHE_ROOT=${PORTISO_CACHE:-/var/cache/portiso}
 BIN_DIR="$CACHE_ROOT/k8s/$KEY"
 BUILD_DIR="$CACHE_ROOT/build/$KEY"
 
-if has_all "$BIN_DIR"; then
-    log "cached: $BIN_DIR"
-    echo "$BIN_DIR"
-    exit 0
-fi
-
-GO_BIN=${PORTISO_GO:-}
-if [[ -z "$GO_BIN" ]]; then
-    if command -v go >/dev/null 2>&1; then
-        GO_BIN=$(command -v go)
-    elif [[ -x /usr/local/go/bin/go ]]; then
-        GO_BIN=/usr/local/go/bin/go
-    else
-        die "no Go toolchain found (set PORTISO_GO)"
-    fi
-fi
-
-# The generated modules live outside any repository; never let a go.work of
-# the caller's tree leak in.
-export GOWORK=off CGO_ENABLED=0
-
-mkdir -p "$BIN_DIR" "$BUILD_DIR"
-
-# One builder at a time per cache key.
-exec 9>"$BIN_DIR/.lock"
-if ! flock -n 9; then
-    log "another k8s-bin.sh is building $KEY; waiting"
-    flock 9
-fi
-if has_all "$BIN_DIR"; then
-    log "cached: $BIN_DIR"
-    echo "$BIN_DIR"
-    exit 0
-fi
-
-# Leftovers of an interrupted build (we hold the lock, so none is live).
-rm -rf "$BIN_DIR"/.tmp.*
-TMP_OUT=$(mktemp -d "$BIN_DIR/.tmp.XXXXXX")
-cleanup() { rm -rf "$TMP_OUT"; }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-log "$("$GO_BIN" version) ; GOPROXY=$("$GO_BIN" env GOPROXY)"
-log "building into $BIN_DIR (build modules in $BUILD_DIR)"
-
-START_ALL=$SECONDS
-
-# install NAME: move a finished binary from the temp dir into place
-# (rename on one filesystem, so the cache never holds half a binary).
-install_bin() {
-    chmod 0755 "$TMP_OUT/$1"
-    mv -f "$TMP_OUT/$1" "$BIN_DIR/$1"
-    log "ready: $BIN_DIR/$1"
-}
-
-# fresh_module DIR: empty DIR for a generated throwaway module.
-fresh_module() {
-    rm -rf "$1"
-    mkdir -p "$1"
-}
+gobin_ready PORTISO_K8S_BIN
+gobin_begin
 
 build_etcd() {
     local dir="$BUILD_DIR/etcd" start=$SECONDS
@@ -141,9 +68,9 @@ func main() { etcdmain.Main(os.Args) }
 EOF
     (
         cd "$dir"
-        "$GO_BIN" mod tidy >&2
+        go_ mod tidy >&2
         log "etcd $ETCD_VERSION: go build"
-        "$GO_BIN" build -trimpath -ldflags '-s -w' -o "$TMP_OUT/etcd" . >&2
+        go_ build -trimpath -ldflags '-s -w' -o "$TMP_OUT/etcd" . >&2
     )
     install_bin etcd
     log "etcd built in $((SECONDS - start))s"
@@ -162,9 +89,9 @@ require helm.sh/helm/v4 $HELM_VERSION
 EOF
     (
         cd "$dir"
-        "$GO_BIN" get "helm.sh/helm/v4/cmd/helm@$HELM_VERSION" >&2
+        go_ get "helm.sh/helm/v4/cmd/helm@$HELM_VERSION" >&2
         log "helm $HELM_VERSION: go build"
-        "$GO_BIN" build -trimpath \
+        go_ build -trimpath \
             -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION -X helm.sh/helm/v4/internal/version.gitTreeState=clean" \
             -o "$TMP_OUT/helm" helm.sh/helm/v4/cmd/helm >&2
     )
@@ -172,70 +99,7 @@ EOF
     log "helm built in $((SECONDS - start))s"
 }
 
-build_kubernetes() {
-    local dir="$BUILD_DIR/kubernetes" start=$SECONDS gomod staging m cmd
-    local -a need=()
-    for cmd in kube-apiserver kubectl; do
-        [[ -x "$BIN_DIR/$cmd" ]] || need+=("$cmd")
-    done
-    ((${#need[@]})) || return 0
-
-    log "kubernetes $K8S_VERSION: reading its go.mod for the staging modules"
-    gomod=$(cd "$BUILD_DIR" &&
-        "$GO_BIN" mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
-        sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
-    [[ -f "$gomod" ]] || die "could not download k8s.io/kubernetes@$K8S_VERSION"
-    # Every `k8s.io/<x> => ./staging/src/k8s.io/<x>` replace of the real repo.
-    staging=$(sed -n 's#^[[:space:]]*\(k8s\.io/[^[:space:]]*\)[[:space:]]*=>[[:space:]]*\./staging/src/.*#\1#p' "$gomod")
-    [[ -n "$staging" ]] || die "no staging modules found in $gomod"
-    log "kubernetes: $(wc -w <<<"$staging") staging modules -> $K8S_STAGING_VERSION"
-
-    fresh_module "$dir"
-    {
-        echo "module portiso.invalid/e2e/kubernetes"
-        echo
-        echo "go $GO_DIRECTIVE"
-        echo
-        echo "require k8s.io/kubernetes $K8S_VERSION"
-        echo
-        echo "replace ("
-        for m in $staging; do
-            echo "	$m => $m $K8S_STAGING_VERSION"
-        done
-        echo ")"
-    } >"$dir/go.mod"
-
-    local ldflags="-s -w" pkg
-    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-        ldflags+=" -X $pkg.gitVersion=$K8S_VERSION"
-        ldflags+=" -X $pkg.gitMajor=$K8S_MAJOR"
-        ldflags+=" -X $pkg.gitMinor=$K8S_MINOR"
-        ldflags+=" -X $pkg.gitTreeState=clean"
-    done
-
-    (
-        cd "$dir"
-        local -a pkgs=()
-        for cmd in "${need[@]}"; do
-            pkgs+=("k8s.io/kubernetes/cmd/$cmd@$K8S_VERSION")
-        done
-        log "kubernetes: go get ${pkgs[*]}"
-        "$GO_BIN" get "${pkgs[@]}" >&2
-        for cmd in "${need[@]}"; do
-            log "kubernetes $K8S_VERSION: go build $cmd"
-            local s=$SECONDS
-            "$GO_BIN" build -trimpath -ldflags "$ldflags" -o "$TMP_OUT/$cmd" "k8s.io/kubernetes/cmd/$cmd" >&2
-            install_bin "$cmd"
-            log "$cmd compiled in $((SECONDS - s))s"
-        done
-    )
-    log "kubernetes built in $((SECONDS - start))s"
-}
-
 [[ -x "$BIN_DIR/etcd" ]] || build_etcd
 [[ -x "$BIN_DIR/helm" ]] || build_helm
-build_kubernetes
-
-has_all "$BIN_DIR" || die "build finished but $BIN_DIR is incomplete"
-log "all binaries ready in $((SECONDS - START_ALL))s: $BIN_DIR"
-echo "$BIN_DIR"
+build_kubernetes kube-apiserver kubectl
+gobin_done

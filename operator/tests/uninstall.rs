@@ -31,16 +31,8 @@ fn with_default_route(tb: &Testbed) {
 }
 
 fn addresses(tb: &Testbed, dev: &str) -> Vec<String> {
-    tb.node_cmd("ip", &["-4", "-o", "addr", "show", "dev", dev])
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            l.split_whitespace()
-                .skip_while(|w| *w != "inet")
-                .nth(1)
-                .map(str::to_string)
-        })
-        .collect()
+    let dev = dev.to_string();
+    portiso::testbed::netns::run_in(&tb.node, move || portiso::link::ipv4_cidrs(&dev)).unwrap()
 }
 
 fn default_route(tb: &Testbed) -> String {
