@@ -744,8 +744,8 @@ ci)
     [[ -c /dev/kvm ]] || log "no /dev/kvm: the VM sandbox check will be SKIPPED"
     log "building the release binaries for the image (cargo build --release)"
     (cd "$REPO" && cargo build --release --workspace --locked)
-    "$0" down >/dev/null 2>&1 || true
-    exec "$0" all
+    bash "$0" down >/dev/null 2>&1 || true
+    exec bash "$0" all
     ;;
 kubectl)
     shift
