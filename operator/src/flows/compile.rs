@@ -587,7 +587,7 @@ mod tests {
         assert!(reassembly.iter().all(|f| f.matches.contains("nw_frag=yes")));
         // Fragments are metered per in-port before conntrack: the uplink's, the sandbox's; and
         // the sandbox reassembles in a zone of its own, not the inbound one.
-        let actions: Vec<&str> = reassembly.iter().map(|f| &*f.actions).collect();
+        let actions: Vec<&str> = reassembly.iter().map(|f| f.actions).collect();
         assert_eq!(
             actions,
             [
