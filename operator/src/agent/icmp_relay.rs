@@ -180,6 +180,11 @@ impl IcmpRelay {
                 while b.queue.is_empty() && !b.closed {
                     b = wake.wait(b).unwrap_or_else(|p| p.into_inner());
                 }
+                // The monitor and its connection are gone: what is queued could not be sent
+                // anyway, and the next monitor should start at once.
+                if b.closed {
+                    return;
+                }
                 b.queue.pop()
             };
             match next {

@@ -356,10 +356,19 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     // Every fragment of a UDP datagram a sandbox sends with the shared addresses is
     // reassembled first (after the sandbox's slow-path meter: the agent passes them on);
     // then only the sandbox's own source ports pass.
-    let reassembly_out = format!("ct(zone={FRAGMENT_ZONE},table={})", table::FRAGMENT_OUT);
+    // Each sandbox reassembles in a zone of its own (numbered as its port): in one shared zone
+    // a neighbour could complete another's datagram with a fragment of the same IP id, and
+    // on the kernel datapath the whole datagram would then carry the neighbour's in-port.
+    let reassembly_out = format!(",table={})", table::FRAGMENT_OUT);
     for sb in &sandboxes {
         let m = ["udp,in_port=", &sb.ofport, &from_shared, ",nw_frag=yes"];
-        let to_reassembly_out = w.text(&["meter:", &sb.slow_path_meter, ",", &reassembly_out]);
+        let to_reassembly_out = w.text(&[
+            "meter:",
+            &sb.slow_path_meter,
+            ",ct(zone=",
+            &sb.ofport,
+            &reassembly_out,
+        ]);
         w.flow(table::FROM_SANDBOX, 250, &m, to_reassembly_out);
     }
     // A sandbox sends untagged frames only: a tag would put its frames on another network of
@@ -568,20 +577,24 @@ mod tests {
             ]
         );
         assert_eq!(after_conntrack(table::FRAGMENT_OUT)[0].1, "resubmit(,20)");
-        // Going back cannot loop: only fragments go to conntrack, and these are whole.
-        assert!(t
+        // Going back cannot loop: only fragments go to reassembly, and these are whole.
+        let reassembly: Vec<_> = t
             .flows
             .iter()
-            .filter(|f| f.actions.contains("ct(zone=29009"))
-            .all(|f| f.matches.contains("nw_frag=yes")));
-        // Fragments are metered per in-port before conntrack: the uplink's, the sandbox's.
-        let metered: Vec<String> = t
-            .flows
-            .iter()
-            .filter(|f| f.actions.contains("ct(zone=29009"))
-            .map(|f| f.actions.split(',').next().unwrap().to_string())
+            .filter(|f| f.actions.contains("ct(zone=") && !f.actions.contains("commit"))
+            .filter(|f| !f.matches.contains("icmp"))
             .collect();
-        assert_eq!(metered, ["meter:65537", "meter:65538"]);
+        assert!(reassembly.iter().all(|f| f.matches.contains("nw_frag=yes")));
+        // Fragments are metered per in-port before conntrack: the uplink's, the sandbox's; and
+        // the sandbox reassembles in a zone of its own, not the inbound one.
+        let actions: Vec<&str> = reassembly.iter().map(|f| f.actions).collect();
+        assert_eq!(
+            actions,
+            [
+                "meter:65537,ct(zone=29009,table=12)",
+                "meter:65538,ct(zone=2,table=21)"
+            ]
+        );
     }
 
     #[test]
