@@ -237,7 +237,11 @@ fn concurrent_adds_of_one_attachment_make_one_port() {
             .map(|c| {
                 let out = c.wait_with_output().unwrap();
                 let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                assert!(out.status.success(), "agent down {agent_down}: {text}");
+                assert!(
+                    out.status.success(),
+                    "agent down {agent_down}: {text}\n{}",
+                    tb.agent_log()
+                );
                 serde_json::from_str(&text).unwrap()
             })
             .collect();

@@ -7,6 +7,7 @@ use crate::link::{self, SandboxLink};
 use crate::model::overlap::owned_spans;
 use crate::model::ObjectKey;
 use crate::ovs::bridge as ovsdb;
+use crate::ovs::OvsExec;
 use portiso_agent_api::{
     code, AgentError, AttachRequest, Attached, AttachmentKey, DetachRequest, Request, Response,
 };
@@ -67,12 +68,36 @@ impl Agent {
         }
     }
 
+    /// ADD in one go, with the agent's lock held throughout (tests, and requests that come
+    /// through [`Agent::handle`]); the socket carries ADD out with [`add_unlocked`].
     fn add(&mut self, r: &AttachRequest) -> Result<Attached, AgentError> {
+        match self.add_begin(r)? {
+            Begun::Already(attached) => Ok(attached),
+            Begun::Pending(p) => {
+                let made = p.make_port();
+                self.add_finish(*p, made)
+            }
+        }
+    }
+
+    /// ADD's first locked step: checks the request and the PortRanges that select the
+    /// sandbox, and records the ADD as in flight, so that its ranges count as held and its
+    /// veth is not taken for a leftover.
+    fn add_begin(&mut self, r: &AttachRequest) -> Result<Begun, AgentError> {
         let started = std::time::Instant::now();
         let uplink = self.known_uplink(&r.uplink)?.clone();
         if let Some(i) = self.find(&r.key) {
             // A repeated ADD for the same attachment: it is already there.
-            return Ok(self.attached(&self.attachments[i].clone()));
+            return Ok(Begun::Already(self.attached(&self.attachments[i].clone())));
+        }
+        if self.in_flight.iter().any(|f| f.key == r.key) {
+            return Err(AgentError::new(
+                code::TRY_AGAIN_LATER,
+                format!(
+                    "an ADD of container {} interface {} is already being carried out: try again",
+                    r.key.container_id, r.key.ifname
+                ),
+            ));
         }
         if !std::path::Path::new(&r.netns).exists() {
             return Err(AgentError::new(
@@ -115,14 +140,22 @@ impl Agent {
         }
         let owners = state::Owners::new(&self.accepted, &self.attachments);
         for pr in &selecting {
-            if let Some(holder) = owners.holder(&r.uplink, &ObjectKey::of(pr)) {
+            let key = ObjectKey::of(pr);
+            let holder = owners
+                .holder(&r.uplink, &key)
+                .map(|a| a.sandbox())
+                .or_else(|| {
+                    self.in_flight
+                        .iter()
+                        .find(|f| f.uplink == r.uplink && f.ranges.contains(&key))
+                        .map(|f| format!("{} (being attached)", f.sandbox))
+                });
+            if let Some(holder) = holder {
                 return Err(AgentError::new(
                     code::INTERNAL,
                     format!(
-                        "PortRange {} already gives its ports on uplink {} to sandbox {}: one range serves one sandbox per uplink; give {sandbox} a PortRange of its own",
-                        ObjectKey::of(pr),
+                        "PortRange {key} already gives its ports on uplink {} to sandbox {holder}: one range serves one sandbox per uplink; give {sandbox} a PortRange of its own",
                         r.uplink,
-                        holder.sandbox()
                     ),
                 ));
             }
@@ -133,63 +166,45 @@ impl Agent {
             .map(|(_, p, s, e)| (p, s, e))
             .collect();
         let host_if = link::host_if_name(&r.key.container_id, &r.key.ifname);
-        let cidr = uplink.config.cidr();
-        let checked = started.elapsed();
-        link::create(&SandboxLink {
-            host_if: &host_if,
-            netns: &r.netns,
-            ifname: &r.key.ifname,
-            mac: &uplink.mac,
-            cidr: &cidr,
-            gateway: uplink.config.gateway.map(|g| g.to_string()),
+        self.in_flight.push(InFlight {
+            key: r.key.clone(),
+            uplink: r.uplink.clone(),
+            sandbox: sandbox.clone(),
+            ranges: selecting.iter().map(|pr| ObjectKey::of(pr)).collect(),
+            host_if: host_if.clone(),
+        });
+        let portrange = range_keys(selecting.iter().copied());
+        Ok(Begun::Pending(Box::new(PendingAttach {
+            request: r.clone(),
+            sandbox,
+            portrange,
+            uplink,
+            host_if,
             local_ports: state::local_port_range(&ports),
-            checksum_offload_off: self.datapath_type == "netdev",
-            isolate_host_end: self.datapath_type == "netdev",
-        })
-        .map_err(|e| {
-            AgentError::new(
-                code::INTERNAL,
-                format!("could not create the interface of {sandbox}: {e}"),
-            )
-        })?;
-
-        let mut ids = vec![
-            (ovsdb::EXT_CONTAINER, r.key.container_id.as_str()),
-            (ovsdb::EXT_IFNAME, r.key.ifname.as_str()),
-            (ovsdb::EXT_NETNS, r.netns.as_str()),
-            (ovsdb::EXT_UPLINK, r.uplink.as_str()),
-            (ovsdb::EXT_SANDBOX, sandbox.as_str()),
-        ];
-        if let Some(uid) = &r.sandbox_uid {
-            ids.push((ovsdb::EXT_UID, uid.as_str()));
-        }
-        let undo_link = |e: String| {
-            let _ = link::delete(&host_if);
-            AgentError::new(
-                code::INTERNAL,
-                format!(
-                    "could not attach {sandbox} to bridge {}: {e}",
-                    uplink.config.bridge
-                ),
-            )
-        };
-        let linked = started.elapsed();
-        let kind = ovsdb::PortKind {
+            labels,
+            netdev: self.datapath_type == "netdev",
             ovs_type: self.port_type.ovs_type().into(),
-            n_rxq: link::rx_queues(&host_if),
-        };
-        let ofport = ovsdb::add_sandbox_port(
-            self.ovs.as_ref(),
-            &uplink.config.bridge,
-            &host_if,
-            &kind,
-            &ids,
-        )
-        .map_err(|e| {
-            let _ = ovsdb::del_port(self.ovs.as_ref(), &uplink.config.bridge, &host_if);
-            undo_link(e.to_string())
-        })?;
-        let ported = started.elapsed();
+            ovs: self.ovs.clone(),
+            started,
+            checked: started.elapsed(),
+        })))
+    }
+
+    /// ADD's second locked step: the port is made (or not); takes the ADD out of flight and
+    /// installs the sandbox's flows. Undoes everything on failure.
+    fn add_finish(
+        &mut self,
+        p: PendingAttach,
+        made: Result<Made, AgentError>,
+    ) -> Result<Attached, AgentError> {
+        let i = self
+            .in_flight
+            .iter()
+            .position(|f| f.key == p.request.key)
+            .expect("an ADD stays in flight until it finishes");
+        self.in_flight.remove(i);
+        let made = made?;
+        let r = &p.request;
         let attachment = Attachment {
             key: r.key.clone(),
             uplink: r.uplink.clone(),
@@ -197,23 +212,23 @@ impl Agent {
             sandbox_namespace: r.sandbox_namespace.clone(),
             sandbox_uid: r.sandbox_uid.clone(),
             netns: r.netns.clone(),
-            host_if: host_if.clone(),
-            ofport,
-            local_ports: state::local_port_range(&ports),
-            labels,
+            host_if: p.host_if.clone(),
+            ofport: made.ofport,
+            local_ports: p.local_ports,
+            labels: p.labels.clone(),
         };
         self.attachments.push(attachment.clone());
-        if let Err(e) = self.reconcile(&uplink) {
+        if let Err(e) = self.reconcile(&p.uplink) {
             self.attachments.pop();
-            let _ = ovsdb::del_port(self.ovs.as_ref(), &uplink.config.bridge, &host_if);
-            let _ = self.reconcile(&uplink);
-            return Err(undo_link(e.to_string()));
+            let _ = ovsdb::del_port(self.ovs.as_ref(), &p.uplink.config.bridge, &p.host_if);
+            let _ = link::delete(&p.host_if);
+            let _ = self.reconcile(&p.uplink);
+            return Err(p.attach_failed(e.to_string()));
         }
         // Where an ADD's time goes, in milliseconds since the request was taken up.
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-        let portrange = range_keys(selecting.iter().copied());
-        tracing::info!(%sandbox, %portrange, uplink = %r.uplink, port = %host_if, ofport,
-            checked_ms = ms(checked), linked_ms = ms(linked), ported_ms = ms(ported), total_ms = ms(started.elapsed()),
+        tracing::info!(sandbox = %p.sandbox, portrange = %p.portrange, uplink = %r.uplink, port = %p.host_if, ofport = made.ofport,
+            checked_ms = ms(p.checked), linked_ms = ms(made.linked), ported_ms = ms(made.ported), total_ms = ms(p.started.elapsed()),
             "sandbox attached");
         Ok(self.attached(&attachment))
     }
@@ -302,6 +317,17 @@ impl Agent {
         // DEL succeeds when things are already gone, and even for an uplink we do not know:
         // there is nothing of ours to remove then.
         let Some(i) = self.find(&r.key) else {
+            if self.in_flight.iter().any(|f| f.key == r.key) {
+                // Its ADD is making the veth and port right now (the socket waits for that
+                // before it hands a DEL over; see `when_settled`).
+                return Err(AgentError::new(
+                    code::TRY_AGAIN_LATER,
+                    format!(
+                        "container {} interface {} is being attached right now: try DEL again",
+                        r.key.container_id, r.key.ifname
+                    ),
+                ));
+            }
             let _ = link::delete(&link::host_if_name(&r.key.container_id, &r.key.ifname));
             return Ok(());
         };
@@ -348,5 +374,256 @@ impl Agent {
             self.detach(a)?;
         }
         Ok(())
+    }
+}
+
+/// An ADD between [`Agent::add_begin`] and [`Agent::add_finish`], as the agent remembers it.
+#[derive(Debug)]
+pub(super) struct InFlight {
+    key: AttachmentKey,
+    uplink: String,
+    /// `namespace/name`.
+    sandbox: String,
+    /// The PortRanges it will hold.
+    ranges: Vec<ObjectKey>,
+    pub(super) host_if: String,
+}
+
+/// What [`Agent::add_begin`] found.
+enum Begun {
+    /// The attachment exists (a repeated ADD).
+    Already(Attached),
+    Pending(Box<PendingAttach>),
+}
+
+/// Everything an ADD needs to make the sandbox's veth and OVS port without the agent.
+struct PendingAttach {
+    request: AttachRequest,
+    sandbox: String,
+    portrange: String,
+    uplink: super::UplinkRuntime,
+    host_if: String,
+    local_ports: Option<(u16, u16)>,
+    labels: std::collections::BTreeMap<String, String>,
+    netdev: bool,
+    ovs_type: String,
+    ovs: std::sync::Arc<dyn OvsExec>,
+    started: std::time::Instant,
+    checked: std::time::Duration,
+}
+
+/// The port an ADD made, and when (since the request was taken up).
+struct Made {
+    ofport: u32,
+    linked: std::time::Duration,
+    ported: std::time::Duration,
+}
+
+impl PendingAttach {
+    fn attach_failed(&self, e: String) -> AgentError {
+        AgentError::new(
+            code::INTERNAL,
+            format!(
+                "could not attach {} to bridge {}: {e}",
+                self.sandbox, self.uplink.config.bridge
+            ),
+        )
+    }
+
+    /// The veth and the OVS port; everything made is undone when a step fails. Runs without
+    /// the agent's lock: `ovs-vsctl add-port` waits for ovs-vswitchd to reconfigure, which
+    /// walks every port, and ADDs that wait together share its passes.
+    fn make_port(&self) -> Result<Made, AgentError> {
+        let r = &self.request;
+        link::create(&SandboxLink {
+            host_if: &self.host_if,
+            netns: &r.netns,
+            ifname: &r.key.ifname,
+            mac: &self.uplink.mac,
+            cidr: &self.uplink.config.cidr(),
+            gateway: self.uplink.config.gateway.map(|g| g.to_string()),
+            local_ports: self.local_ports,
+            checksum_offload_off: self.netdev,
+            isolate_host_end: self.netdev,
+        })
+        .map_err(|e| {
+            AgentError::new(
+                code::INTERNAL,
+                format!("could not create the interface of {}: {e}", self.sandbox),
+            )
+        })?;
+        let linked = self.started.elapsed();
+        let mut ids = vec![
+            (ovsdb::EXT_CONTAINER, r.key.container_id.as_str()),
+            (ovsdb::EXT_IFNAME, r.key.ifname.as_str()),
+            (ovsdb::EXT_NETNS, r.netns.as_str()),
+            (ovsdb::EXT_UPLINK, r.uplink.as_str()),
+            (ovsdb::EXT_SANDBOX, self.sandbox.as_str()),
+        ];
+        if let Some(uid) = &r.sandbox_uid {
+            ids.push((ovsdb::EXT_UID, uid.as_str()));
+        }
+        let kind = ovsdb::PortKind {
+            ovs_type: self.ovs_type.clone(),
+            n_rxq: link::rx_queues(&self.host_if),
+        };
+        let bridge = &self.uplink.config.bridge;
+        let ofport = ovsdb::add_sandbox_port(self.ovs.as_ref(), bridge, &self.host_if, &kind, &ids)
+            .map_err(|e| {
+                let _ = ovsdb::del_port(self.ovs.as_ref(), bridge, &self.host_if);
+                let _ = link::delete(&self.host_if);
+                self.attach_failed(e.to_string())
+            })?;
+        Ok(Made {
+            ofport,
+            linked,
+            ported: self.started.elapsed(),
+        })
+    }
+}
+
+/// How long a DEL or a repeated ADD waits for an ADD of the same attachment in flight.
+const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs `f` with the agent's lock once no ADD of `key` is in flight (or after
+/// [`IN_FLIGHT_WAIT`], when `f` answers for itself): a repeated ADD then finds the
+/// attachment made, a DEL removes it whole — as if the ADD had held the lock throughout.
+pub(super) fn when_settled<T>(
+    agent: &std::sync::Mutex<Agent>,
+    key: &AttachmentKey,
+    f: impl FnOnce(&mut Agent) -> T,
+) -> T {
+    let deadline = std::time::Instant::now() + IN_FLIGHT_WAIT;
+    loop {
+        let mut a = super::server::lock(agent);
+        if !a.in_flight.iter().any(|f| &f.key == key) || std::time::Instant::now() >= deadline {
+            return f(&mut a);
+        }
+        drop(a);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// ADD as the socket carries it out: checked and recorded under the agent's lock, the veth
+/// and OVS port made without it (so that concurrent ADDs overlap where OVS is slow), the
+/// flows installed under it again.
+pub(super) fn add_unlocked(
+    agent: &std::sync::Mutex<Agent>,
+    r: &AttachRequest,
+) -> Result<Attached, AgentError> {
+    let begun = when_settled(agent, &r.key, |a| a.add_begin(r))?;
+    match begun {
+        Begun::Already(attached) => Ok(attached),
+        Begun::Pending(p) => {
+            let made = p.make_port();
+            super::server::lock(agent).add_finish(*p, made)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ovs::fake::FakeOvs;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn request(container: &str, sandbox: &str) -> AttachRequest {
+        AttachRequest {
+            key: AttachmentKey {
+                container_id: container.into(),
+                ifname: "eth0".into(),
+            },
+            // Any path that exists: the ADD's port is not made here.
+            netns: "/proc/self/ns/net".into(),
+            uplink: "eth1".into(),
+            sandbox_name: sandbox.into(),
+            sandbox_namespace: "default".into(),
+            sandbox_uid: None,
+        }
+    }
+
+    fn made(ofport: u32) -> Result<Made, AgentError> {
+        Ok(Made {
+            ofport,
+            linked: Duration::ZERO,
+            ported: Duration::ZERO,
+        })
+    }
+
+    fn begin(agent: &mut Agent, r: &AttachRequest) -> PendingAttach {
+        match agent.add_begin(r) {
+            Ok(Begun::Pending(p)) => *p,
+            Ok(Begun::Already(a)) => panic!("already attached: {a:?}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn refused(agent: &mut Agent, r: &AttachRequest) -> AgentError {
+        match agent.add_begin(r) {
+            Err(e) => e,
+            Ok(_) => panic!("ADD of {:?} was taken up", r.key),
+        }
+    }
+
+    #[test]
+    fn an_add_in_flight_holds_its_ranges_and_its_attachment() {
+        let ovs = Arc::new(FakeOvs::default());
+        let mut agent = super::super::tests::agent(ovs.clone());
+        agent.attachments.clear();
+        let first = request("c1", "a");
+        let pending = begin(&mut agent, &first);
+        let host_if = pending.host_if.clone();
+
+        // The same ADD again, and another sandbox the same PortRange selects, while the
+        // first one's port is being made.
+        let again = refused(&mut agent, &first);
+        assert_eq!(again.code, code::TRY_AGAIN_LATER, "{again}");
+        let other = refused(&mut agent, &request("c2", "a"));
+        assert!(
+            other.msg.contains("default/a") && other.msg.contains("being attached"),
+            "{other}"
+        );
+
+        // A DEL meanwhile (the socket waits for the ADD before it hands one over).
+        let del = DetachRequest {
+            key: first.key.clone(),
+            netns: None,
+            uplink: "eth1".into(),
+        };
+        let e = agent.del(&del).expect_err("DEL of an ADD in flight");
+        assert_eq!(e.code, code::TRY_AGAIN_LATER, "{e}");
+        agent.add_finish(pending, made(7)).expect("attached");
+        assert!(agent.in_flight.is_empty());
+        agent.del(&del).expect("DEL after the ADD");
+        assert!(agent.attachments.is_empty());
+        let removed = ovs
+            .vsctl_calls
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c.contains(&"del-port".to_string()) && c.contains(&host_if));
+        assert!(removed, "the DEL removed the port the ADD made");
+
+        // Nothing is held any more: the next ADD attaches with the port it made.
+        let pending = begin(&mut agent, &request("c2", "a"));
+        let attached = agent.add_finish(pending, made(8)).expect("attached");
+        assert_eq!(attached.ports, ["TCP 10000-10099"]);
+        assert_eq!(agent.attachments.len(), 1);
+        assert_eq!(agent.attachments[0].ofport, 8);
+        assert!(agent.in_flight.is_empty());
+    }
+
+    #[test]
+    fn a_failed_port_takes_the_add_out_of_flight() {
+        let ovs = Arc::new(FakeOvs::default());
+        let mut agent = super::super::tests::agent(ovs);
+        agent.attachments.clear();
+        let pending = begin(&mut agent, &request("c1", "b"));
+        let failed = Err(AgentError::new(code::INTERNAL, "no veth".to_string()));
+        assert!(agent.add_finish(pending, failed).is_err());
+        assert!(agent.in_flight.is_empty());
+        // And the range is free again.
+        begin(&mut agent, &request("c3", "b"));
     }
 }

@@ -16,8 +16,9 @@
 //! Nothing of a live sandbox is touched: an attachment is only judged dead when its interface
 //! or its namespace path is really gone, and a port that OVS holds but the agent did not adopt
 //! is left alone while its interface and namespace exist. The sweep runs with the agent's
-//! lock held (at start, before the socket is served, or from the poll), and ADD creates veths
-//! only under that lock, so a veth being created right now is never taken for a leftover.
+//! lock held (at start, before the socket is served, or from the poll); an ADD makes its veth
+//! and port without that lock, but is recorded as in flight under it first, and what an ADD
+//! in flight names is never taken for a leftover.
 
 use super::state::Attachment;
 use super::Agent;
@@ -71,6 +72,7 @@ struct Node<'a> {
 /// uplinks this agent does not serve are not its to judge.
 fn plan(
     attachments: &[Attachment],
+    in_flight: &[&str],
     uplinks: &BTreeMap<String, String>,
     rows: &[Row],
     veths: &[String],
@@ -80,7 +82,7 @@ fn plan(
     let mut p = Plan::default();
     // Names whose removal is already planned: removing them deletes the veth and its chain.
     let mut handled = BTreeSet::new();
-    let mut live = BTreeSet::new();
+    let mut live: BTreeSet<String> = in_flight.iter().map(|n| n.to_string()).collect();
     for a in attachments {
         let why = if !(node.link_exists)(&a.host_if) {
             Some(format!("its interface {} is gone", a.host_if))
@@ -229,7 +231,16 @@ impl Agent {
             link_exists: &link_exists,
             netns_gone: &netns_gone,
         };
-        let p = plan(&self.attachments, &uplinks, &rows, &veths, &chains, &node);
+        let in_flight: Vec<&str> = self.in_flight.iter().map(|f| f.host_if.as_str()).collect();
+        let p = plan(
+            &self.attachments,
+            &in_flight,
+            &uplinks,
+            &rows,
+            &veths,
+            &chains,
+            &node,
+        );
         if p.is_empty() {
             return;
         }
@@ -386,7 +397,7 @@ mod tests {
             link_exists: &exists,
             netns_gone: &gone,
         };
-        let p = plan(&attachments, &uplinks, &rows, &veths, &chains, &node);
+        let p = plan(&attachments, &[], &uplinks, &rows, &veths, &chains, &node);
         let dead: Vec<&str> = p.dead.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(dead, [NO_LINK, NO_NETNS]);
         assert!(p.dead[0].1.contains("interface"), "{:?}", p.dead);
@@ -401,6 +412,19 @@ mod tests {
         // NO_LINK's chain goes with its detach; only the chain of nothing is planned alone.
         assert_eq!(p.chains, [CHAIN_ONLY]);
 
+        // The stray veth is an ADD's that is making its port right now: not a leftover.
+        let p = plan(
+            &attachments,
+            &[STRAY],
+            &uplinks,
+            &rows,
+            &veths,
+            &chains,
+            &node,
+        );
+        assert!(p.veths.is_empty(), "{p:?}");
+        assert_eq!(p.dead.len(), 2, "{p:?}");
+
         // Everything alive: nothing to do.
         let all = |_: &str| true;
         let never = |_: &str| false;
@@ -410,6 +434,7 @@ mod tests {
         };
         let p = plan(
             &attachments,
+            &[],
             &uplinks,
             &rows,
             &[LIVE.to_string(), NO_LINK.to_string()],

@@ -51,7 +51,8 @@ pub struct UplinkRuntime {
 
 pub struct Agent {
     pub config: AgentConfig,
-    ovs: Box<dyn OvsExec>,
+    /// Shared, so that an ADD can make its port without the agent's lock (see `attach`).
+    ovs: std::sync::Arc<dyn OvsExec>,
     /// `netdev` or `system`.
     pub datapath_type: String,
     /// The kind of port the uplinks and new sandbox ports get, and why (see `port_type`).
@@ -69,6 +70,8 @@ pub struct Agent {
     /// Refused PortRanges and why.
     pub refused: BTreeMap<ObjectKey, String>,
     pub attachments: Vec<Attachment>,
+    /// ADDs between their two locked steps: their veth and OVS port are being made.
+    in_flight: Vec<attach::InFlight>,
     /// Since when each attachment's sandbox has been reported gone.
     gone_since: BTreeMap<portiso_agent_api::AttachmentKey, std::time::Instant>,
     /// Who owns which ports on each bridge, for the ICMP error slow path.
@@ -200,7 +203,7 @@ impl Agent {
         }
         let mut agent = Agent {
             config,
-            ovs,
+            ovs: ovs.into(),
             datapath_type,
             port_type,
             port_type_reason,
@@ -209,6 +212,7 @@ impl Agent {
             accepted: Vec::new(),
             refused: BTreeMap::new(),
             attachments: Vec::new(),
+            in_flight: Vec::new(),
             gone_since: BTreeMap::new(),
             icmp_relay: icmp_relay::IcmpRelay::default(),
             fast_path,
@@ -583,7 +587,7 @@ mod tests {
                 host_gateway: None,
             }],
             config,
-            ovs: Box::new(ovs),
+            ovs,
             datapath_type: "netdev".into(),
             port_type: PortTypeChoice::AfxdpNonpmd,
             port_type_reason: "test".into(),
@@ -592,6 +596,7 @@ mod tests {
             accepted: ranges,
             refused: BTreeMap::new(),
             attachments: vec![attachment("a", 2), attachment("b", 3)],
+            in_flight: Vec::new(),
             icmp_relay: Default::default(),
             fast_path: None,
             fast_path_off: "off: test".into(),

@@ -70,8 +70,17 @@ async fn answer(
             if let Some(add) = &add {
                 wait_until_ready_for(&agent, add).await;
             }
-            let response =
-                tokio::task::spawn_blocking(move || lock(&agent).handle(request)).await?;
+            let response = tokio::task::spawn_blocking(move || match request {
+                // Not under the lock throughout: see `attach::add_unlocked`.
+                Request::Add(r) => super::attach::add_unlocked(&agent, &r)
+                    .map_or_else(Response::Error, Response::Attached),
+                Request::Del(r) => {
+                    let key = r.key.clone();
+                    super::attach::when_settled(&agent, &key, |a| a.handle(Request::Del(r)))
+                }
+                other => lock(&agent).handle(other),
+            })
+            .await?;
             if add.is_some() {
                 let attached = matches!(response, Response::Attached(_));
                 metrics.attach_done(started.elapsed(), attached);

@@ -18,7 +18,7 @@ use crate::flows::{FlowDiff, Meter, MeterRate};
 pub type OvsError = crate::exec::ExecError;
 
 /// What the agent needs from OVS.
-pub trait OvsExec: Send {
+pub trait OvsExec: Send + Sync {
     /// Runs `ovs-vsctl ARGS...` and returns its stdout.
     fn vsctl(&self, args: &[&str]) -> Result<String, OvsError>;
     /// The cookies of every flow on the bridge.
