@@ -190,22 +190,26 @@ impl Agent {
         })))
     }
 
-    /// ADD's second locked step: the port is made (or not); takes the ADD out of flight and
-    /// installs the sandbox's flows. Undoes everything on failure.
+    /// ADD's second and third locked steps in one (see [`add_unlocked`]).
     fn add_finish(
         &mut self,
         p: PendingAttach,
         made: Result<Made, AgentError>,
     ) -> Result<Attached, AgentError> {
-        let i = self
-            .in_flight
-            .iter()
-            .position(|f| f.key == p.request.key)
-            .expect("an ADD stays in flight until it finishes");
-        self.in_flight.remove(i);
-        let made = made?;
+        let entered = self.add_enter(&p, made)?;
+        self.add_flows(p, entered)
+    }
+
+    /// ADD's second locked step: the port is made (or not); the sandbox joins the state, still
+    /// in flight until its flows are in.
+    fn add_enter(
+        &mut self,
+        p: &PendingAttach,
+        made: Result<Made, AgentError>,
+    ) -> Result<Entered, AgentError> {
+        let made = made.inspect_err(|_| self.in_flight.retain(|f| f.key != p.request.key))?;
         let r = &p.request;
-        let attachment = Attachment {
+        self.attachments.push(Attachment {
             key: r.key.clone(),
             uplink: r.uplink.clone(),
             sandbox_name: r.sandbox_name.clone(),
@@ -216,20 +220,42 @@ impl Agent {
             ofport: made.ofport,
             local_ports: p.local_ports,
             labels: p.labels.clone(),
-        };
-        self.attachments.push(attachment.clone());
-        if let Err(e) = self.reconcile(&p.uplink) {
-            self.attachments.pop();
-            let _ = ovsdb::del_port(self.ovs.as_ref(), &p.uplink.config.bridge, &p.host_if);
-            let _ = link::delete(&p.host_if);
-            let _ = self.reconcile(&p.uplink);
-            return Err(p.attach_failed(e.to_string()));
+        });
+        self.attachments_joined += 1;
+        Ok(Entered {
+            made,
+            joined: self.attachments_joined,
+        })
+    }
+
+    /// ADD's third locked step: the sandbox's flows, unless a reconcile of its bridge that
+    /// began after it joined put them in already (concurrent ADDs share one bundle that way);
+    /// then the ADD is out of flight. Undoes everything on failure.
+    fn add_flows(&mut self, p: PendingAttach, e: Entered) -> Result<Attached, AgentError> {
+        let r = &p.request;
+        self.in_flight.retain(|f| f.key != r.key);
+        let covered = self.flows_cover().get(&r.uplink).copied().unwrap_or(0) >= e.joined;
+        if !covered {
+            if let Err(err) = self.reconcile(&p.uplink) {
+                self.attachments.retain(|a| a.key != r.key);
+                let _ = ovsdb::del_port(self.ovs.as_ref(), &p.uplink.config.bridge, &p.host_if);
+                let _ = link::delete(&p.host_if);
+                let _ = self.reconcile(&p.uplink);
+                return Err(p.attach_failed(err.to_string()));
+            }
         }
+        let Some(attachment) = self.find(&r.key).map(|i| self.attachments[i].clone()) else {
+            // The leftover sweep or the gone-sandbox collector took it out meanwhile.
+            return Err(AgentError::new(
+                code::TRY_AGAIN_LATER,
+                format!("{} went away while it was being attached", p.sandbox),
+            ));
+        };
         // Where an ADD's time goes, in milliseconds since the request was taken up.
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-        tracing::info!(sandbox = %p.sandbox, portrange = %p.portrange, uplink = %r.uplink, port = %p.host_if, ofport = made.ofport,
-            checked_ms = ms(p.checked), linked_ms = ms(made.linked), ported_ms = ms(made.ported), total_ms = ms(p.started.elapsed()),
-            "sandbox attached");
+        tracing::info!(sandbox = %p.sandbox, portrange = %p.portrange, uplink = %r.uplink, port = %p.host_if, ofport = e.made.ofport,
+            checked_ms = ms(p.checked), linked_ms = ms(e.made.linked), ported_ms = ms(e.made.ported), total_ms = ms(p.started.elapsed()),
+            flows_by_another = covered, "sandbox attached");
         Ok(self.attached(&attachment))
     }
 
@@ -412,6 +438,13 @@ struct PendingAttach {
     checked: std::time::Duration,
 }
 
+/// An ADD whose sandbox joined the state: its port, and its place in the order of joining
+/// (compared with the reconcile that covered the bridge last, see `Agent::flows_cover`).
+struct Entered {
+    made: Made,
+    joined: u64,
+}
+
 /// The port an ADD made, and when (since the request was taken up).
 struct Made {
     ofport: u32,
@@ -505,8 +538,8 @@ pub(super) fn when_settled<T>(
 }
 
 /// ADD as the socket carries it out: checked and recorded under the agent's lock, the veth
-/// and OVS port made without it (so that concurrent ADDs overlap where OVS is slow), the
-/// flows installed under it again.
+/// and OVS port made without it (so that concurrent ADDs overlap where OVS is slow), then the
+/// sandbox joins the state and its flows are installed under it again, in two steps.
 pub(super) fn add_unlocked(
     agent: &std::sync::Mutex<Agent>,
     r: &AttachRequest,
@@ -516,7 +549,10 @@ pub(super) fn add_unlocked(
         Begun::Already(attached) => Ok(attached),
         Begun::Pending(p) => {
             let made = p.make_port();
-            super::server::lock(agent).add_finish(*p, made)
+            let entered = super::server::lock(agent).add_enter(&p, made)?;
+            // The lock is let go between the two steps, so that the ADDs whose ports were
+            // made meanwhile join too and the next reconcile installs all their flows.
+            super::server::lock(agent).add_flows(*p, entered)
         }
     }
 }
@@ -612,6 +648,43 @@ mod tests {
         assert_eq!(agent.attachments.len(), 1);
         assert_eq!(agent.attachments[0].ofport, 8);
         assert!(agent.in_flight.is_empty());
+    }
+
+    #[test]
+    fn adds_that_join_before_one_reconcile_share_its_bundle() {
+        let ovs = Arc::new(FakeOvs::default());
+        let mut agent = super::super::tests::agent(ovs.clone());
+        agent.attachments.clear();
+        let (a, b) = (request("c1", "a"), request("c2", "b"));
+        let (pa, pb) = (begin(&mut agent, &a), begin(&mut agent, &b));
+        let ea = agent.add_enter(&pa, made(2)).expect("a joins");
+        let eb = agent.add_enter(&pb, made(3)).expect("b joins");
+        let bundles = |ovs: &FakeOvs| ovs.applied.lock().unwrap().len();
+        let before = bundles(&ovs);
+        agent.add_flows(pa, ea).expect("a's flows");
+        assert_eq!(
+            bundles(&ovs),
+            before + 1,
+            "a's ADD installs a's and b's flows"
+        );
+        agent.add_flows(pb, eb).expect("b attached");
+        assert_eq!(bundles(&ovs), before + 1, "b's flows came with a's bundle");
+        assert!(agent.in_flight.is_empty());
+        assert_eq!(agent.attachments.len(), 2);
+
+        // One that joins after that reconcile began gets a bundle of its own.
+        agent
+            .del(&DetachRequest {
+                key: b.key.clone(),
+                netns: None,
+                uplink: "eth1".into(),
+            })
+            .expect("DEL");
+        let before = bundles(&ovs);
+        let pb = begin(&mut agent, &b);
+        let eb = agent.add_enter(&pb, made(4)).expect("b joins again");
+        agent.add_flows(pb, eb).expect("b attached again");
+        assert_eq!(bundles(&ovs), before + 1);
     }
 
     #[test]

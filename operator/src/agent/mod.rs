@@ -70,8 +70,13 @@ pub struct Agent {
     /// Refused PortRanges and why.
     pub refused: BTreeMap<ObjectKey, String>,
     pub attachments: Vec<Attachment>,
-    /// ADDs between their two locked steps: their veth and OVS port are being made.
+    /// ADDs not finished yet: their veth and OVS port are being made, or their flows.
     in_flight: Vec<attach::InFlight>,
+    /// How many sandboxes joined `attachments` through ADD so far.
+    attachments_joined: u64,
+    /// Per uplink, `attachments_joined` when the last successful reconcile of its bridge
+    /// began: the ADDs up to there have their flows.
+    flows_cover: std::sync::Mutex<BTreeMap<String, u64>>,
     /// Since when each attachment's sandbox has been reported gone.
     gone_since: BTreeMap<portiso_agent_api::AttachmentKey, std::time::Instant>,
     /// Who owns which ports on each bridge, for the ICMP error slow path.
@@ -213,6 +218,8 @@ impl Agent {
             refused: BTreeMap::new(),
             attachments: Vec::new(),
             in_flight: Vec::new(),
+            attachments_joined: 0,
+            flows_cover: Default::default(),
             gone_since: BTreeMap::new(),
             icmp_relay: icmp_relay::IcmpRelay::default(),
             fast_path,
@@ -445,11 +452,20 @@ impl Agent {
     /// Brings one bridge's flows in line with the state: one atomic bundle of only the flows
     /// that differ.
     pub fn reconcile(&self, uplink: &UplinkRuntime) -> Result<(), ovs::OvsError> {
+        let joined = self.attachments_joined;
         let result = self.reconcile_flows(uplink);
-        if result.is_err() {
-            self.metrics.reconcile_errors.inc();
+        match result {
+            Ok(()) => {
+                self.flows_cover()
+                    .insert(uplink.config.name.clone(), joined);
+            }
+            Err(_) => self.metrics.reconcile_errors.inc(),
         }
         result
+    }
+
+    fn flows_cover(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u64>> {
+        self.flows_cover.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn reconcile_flows(&self, uplink: &UplinkRuntime) -> Result<(), ovs::OvsError> {
@@ -597,6 +613,8 @@ mod tests {
             refused: BTreeMap::new(),
             attachments: vec![attachment("a", 2), attachment("b", 3)],
             in_flight: Vec::new(),
+            attachments_joined: 0,
+            flows_cover: Default::default(),
             icmp_relay: Default::default(),
             fast_path: None,
             fast_path_off: "off: test".into(),

@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// Leave out the CNI bridge/portmap plugin attach measurement.
     #[arg(long)]
     pub no_cni_plugins: bool,
+    /// CNI ADDs in parallel while portiso's sandboxes are attached (the agent makes their
+    /// ports concurrently, so that ovs-vswitchd reconfigures once for several).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub attach_workers: u16,
 }
 
 /// Set by SIGINT/SIGTERM: measurements end early and the run unwinds through the guards.
@@ -233,6 +237,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         sandboxes: 1,
         offloads_off_everywhere: args.offloads_off_everywhere,
         portiso_bin: std::env::current_exe()?,
+        attach_workers: usize::from(args.attach_workers),
         progress,
         interrupted: &INTERRUPTED,
     };

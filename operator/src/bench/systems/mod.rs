@@ -265,6 +265,8 @@ pub struct BuildOptions {
     pub offloads_off_everywhere: bool,
     /// The portiso binary (portiso-cni beside it), for the testbed's agent.
     pub portiso_bin: PathBuf,
+    /// CNI ADDs in parallel while building portiso's node.
+    pub attach_workers: usize,
     /// Called with (done, total) while sandboxes are attached.
     pub progress: fn(&str, usize, usize),
     /// Interrupted by a signal: stop building.

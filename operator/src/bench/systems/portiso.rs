@@ -15,10 +15,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// CNI ADD (and DEL) cycles of the next sandbox.
 const NEXT_ATTACHES: usize = 3;
-/// The CNI plugin runs per sandbox in parallel from this many threads while building (the
-/// agent serialises its own part); the ADD times of the build are recorded all the same, and
-/// the sequential ones are [`NEXT_ATTACHES`].
-const ATTACH_WORKERS: usize = 2;
 
 /// Sandbox `i`'s name; its PortRange selects it by that name.
 fn name(i: usize) -> String {
@@ -128,15 +124,15 @@ pub(super) fn switch_datapath(b: &mut Built, datapath: &str) -> anyhow::Result<(
     Ok(())
 }
 
-/// CNI ADD of sandboxes `0..n` (namespaces already created) from [`ATTACH_WORKERS`] threads;
-/// the wall time of each.
+/// CNI ADD of sandboxes `0..n` (namespaces already created) from `o.attach_workers` threads;
+/// the wall time of each (the sequential ADDs are [`NEXT_ATTACHES`]).
 fn attach_all(tb: &Testbed, o: &BuildOptions, n: usize) -> anyhow::Result<Vec<f64>> {
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     // One worker's failure stops the others at their next sandbox.
     let failed = AtomicBool::new(false);
     let results: Vec<anyhow::Result<Vec<f64>>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..ATTACH_WORKERS.min(n))
+        let workers: Vec<_> = (0..o.attach_workers.clamp(1, n.max(1)))
             .map(|_| {
                 s.spawn(|| -> anyhow::Result<Vec<f64>> {
                     let mut times = Vec::new();
