@@ -3,20 +3,23 @@
 //! veth, fast-path pin or nftables chain behind, and every uplink NIC has its address(es) and
 //! routes again.
 //!
-//! What is undone, per step, each best-effort (a failure is logged and the next step runs)
-//! and idempotent (a second run finds nothing and changes nothing):
+//! What is undone, in this order, each step best-effort (a failure is logged and the next
+//! step runs) and idempotent (a second run finds nothing and changes nothing):
 //!
-//! 1. the eBPF fast path: its pinned links (which hold the XDP programs on the uplinks and
+//! 1. per uplink, as one step that runs whatever the time (a node whose uplink lost its
+//!    address is cut off, above all on the userspace datapath): the addresses and routes on
+//!    the bridge's internal port are read, the bridge is deleted (`ovs-vsctl --if-exists
+//!    del-br`: its ports, flows and meters with it), the uplink's isolation chain is removed,
+//!    the addresses and routes go back onto the uplink, and a bridge device that outlived OVS
+//!    (the userspace datapath's tap) is deleted;
+//! 2. the sandboxes' host-side veths (the sandbox's end goes with each), those OVS knew and any
+//!    other with the agent's naming, all in one `ip -batch`;
+//! 3. the eBPF fast path: its pinned links (which hold the XDP programs on the uplinks and
 //!    sandbox ports) and its pinned maps in `datapath.bpfDir`;
-//! 2. every sandbox port: the OVS port and its host-side veth (the sandbox's end goes with
-//!    it), with its isolation chain; and any veth left with the agent's naming;
-//! 3. per uplink: the addresses and routes on the bridge's internal port are read, the bridge
-//!    is deleted (`ovs-vsctl --if-exists del-br`: ports, flows and meters with it), the
-//!    uplink's isolation chain is removed, the addresses and routes go back onto the uplink,
-//!    and a bridge device that outlived OVS (the userspace datapath's tap) is deleted;
 //! 4. the nftables table that held the isolation chains, and the agent's socket.
 //!
-//! The whole run is bounded: once its time is up the remaining steps are skipped (logged).
+//! The whole run is bounded: once its time is up the remaining steps are skipped (logged),
+//! except step 1, which always runs.
 //!
 //! When it runs: `portiso agent --uninstall`, or a cluster agent that gets SIGTERM while its
 //! DaemonSet is gone or being deleted (`helm uninstall`); an ordinary restart or rolling
@@ -46,15 +49,56 @@ impl Outcome {
     }
 }
 
+/// One step of an uninstall, in the order [`plan`] gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Delete the bridge of this uplink (by name) and give the uplink its addresses and routes
+    /// back. Runs whatever the time.
+    GiveBack { uplink: String },
+    /// Delete the sandboxes' host-side veths, in one batch.
+    Veths,
+    /// Remove the fast path's pins.
+    FastPath,
+    /// Remove the nftables table and the agent's socket.
+    Isolation,
+}
+
+impl Step {
+    /// Whether the step runs even when the time is up.
+    pub fn always(&self) -> bool {
+        matches!(self, Step::GiveBack { .. })
+    }
+}
+
+/// The steps of an uninstall of `config`, in order: every uplink is given back first (so that
+/// a node with hundreds of sandboxes is never left without its address because the rest took
+/// long), then what no longer carries traffic.
+pub fn plan(config: &AgentConfig) -> Vec<Step> {
+    config
+        .uplinks
+        .iter()
+        .map(|u| Step::GiveBack {
+            uplink: u.name.clone(),
+        })
+        .chain([Step::Veths, Step::FastPath, Step::Isolation])
+        .collect()
+}
+
 struct Run {
     deadline: Instant,
     outcome: Outcome,
 }
 
 impl Run {
-    /// Runs one step unless the time is up; logs and records its failure.
-    fn step<E: std::fmt::Display>(&mut self, what: &str, f: impl FnOnce() -> Result<(), E>) {
-        if Instant::now() >= self.deadline {
+    /// Runs one step unless the time is up (and it is not `always`); logs and records its
+    /// failure.
+    fn step<E: std::fmt::Display>(
+        &mut self,
+        what: &str,
+        always: bool,
+        f: impl FnOnce() -> Result<(), E>,
+    ) {
+        if !always && Instant::now() >= self.deadline {
             tracing::warn!(step = %what, "uninstall: out of time, step skipped");
             self.outcome
                 .failed
@@ -72,7 +116,8 @@ impl Run {
 }
 
 /// Undoes everything the agent did on this node for the uplinks of `config` (see the module's
-/// documentation), within `budget`. Must not run beside a live agent (it would put things back).
+/// documentation), within `budget` (giving the uplinks back is never skipped). Must not run
+/// beside a live agent (it would put things back).
 pub fn uninstall(config: &AgentConfig, ovs: &dyn OvsExec, budget: Duration) -> Outcome {
     let started = Instant::now();
     let mut run = Run {
@@ -83,69 +128,50 @@ pub fn uninstall(config: &AgentConfig, ovs: &dyn OvsExec, budget: Duration) -> O
         uplinks = config.uplinks.len(),
         "uninstall: giving the node back"
     );
-
-    // 1. The fast path first: its programs redirect straight to sandbox ports.
-    let bpf_dir = config.datapath.bpf_dir.clone();
-    run.step("remove the fast path's pins", || remove_pins(&bpf_dir));
-
-    // 2. Sandbox ports and their veths.
-    let rows = match ovsdb::sandbox_interfaces(ovs) {
-        Ok(rows) => rows,
+    // The sandbox ports OVS knows, read before their bridges go (one query for all).
+    let mut veths: Vec<String> = match ovsdb::sandbox_interfaces(ovs) {
+        Ok(rows) => rows.into_iter().map(|r| r.name).collect(),
         Err(e) => {
-            tracing::warn!(error = %e, "uninstall: cannot list sandbox ports in OVS; their veths are still removed");
+            tracing::warn!(error = %e, "uninstall: cannot list sandbox ports in OVS; veths with the agent's naming are still removed");
             run.outcome.failed.push(format!("list sandbox ports: {e}"));
             Vec::new()
         }
     };
-    for u in &config.uplinks {
-        let on_bridge = ovsdb::bridge_ports(ovs, &u.bridge).unwrap_or_default();
-        for r in rows.iter().filter(|r| {
-            on_bridge.contains(&r.name)
-                || r.ids.get(ovsdb::EXT_UPLINK).map(String::as_str) == Some(u.name.as_str())
-        }) {
-            let sandbox = r.ids.get(ovsdb::EXT_SANDBOX).cloned().unwrap_or_default();
-            run.step(&format!("remove sandbox port {}", r.name), || {
-                ovsdb::del_port(ovs, &u.bridge, &r.name)
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| link::delete(&r.name).map_err(|e| e.to_string()))
-                    .map(|()| tracing::info!(%sandbox, port = %r.name, bridge = %u.bridge, "uninstall: sandbox port and veth removed"))
-            });
+    for step in plan(config) {
+        let always = step.always();
+        match &step {
+            Step::GiveBack { uplink } => {
+                let Some(u) = config.uplinks.iter().find(|u| &u.name == uplink) else {
+                    continue;
+                };
+                run.step(&format!("give {} back", u.name), always, || {
+                    give_back(ovs, u)
+                });
+            }
+            Step::Veths => {
+                for v in link::host_veths() {
+                    if !veths.contains(&v) {
+                        veths.push(v);
+                    }
+                }
+                run.step("remove the sandboxes' veths", always, || {
+                    link::delete_many(&veths)
+                        .map(|n| tracing::info!(veths = n, "uninstall: sandbox veths removed"))
+                });
+            }
+            Step::FastPath => {
+                let bpf_dir = config.datapath.bpf_dir.clone();
+                run.step("remove the fast path's pins", always, || {
+                    remove_pins(&bpf_dir)
+                });
+            }
+            Step::Isolation => run.step("remove the isolation table", always, || {
+                link::remove_isolation_table();
+                let _ = std::fs::remove_file(&config.socket);
+                Ok::<(), String>(())
+            }),
         }
     }
-    for v in link::host_veths() {
-        run.step(&format!("remove veth {v}"), || {
-            link::delete(&v).map(|()| tracing::info!(port = %v, "uninstall: veth removed"))
-        });
-    }
-
-    // 3. Each uplink gets its addresses and routes back; its bridge goes.
-    for u in &config.uplinks {
-        let mut cidrs = link::ipv4_cidrs(&u.bridge);
-        if cidrs.is_empty() && !u.address_from_nic {
-            // The bridge's device is gone already (a second run, or OVS re-created nothing):
-            // the configured address belongs on the uplink.
-            cidrs.push(u.cidr());
-        }
-        let routes = link::routes_through(&u.bridge);
-        run.step(&format!("delete bridge {}", u.bridge), || {
-            ovsdb::del_bridge(ovs, &u.bridge)
-        });
-        link::release_from_host_stack(&u.name);
-        run.step(&format!("give {} its address back", u.name), || {
-            link::return_address(&u.bridge, &u.name, &cidrs, &routes)
-        });
-        if link::exists(&u.bridge) {
-            // A userspace datapath's internal port outlives OVS when OVS is not running.
-            run.step(&format!("delete device {}", u.bridge), || {
-                link::delete_device(&u.bridge)
-            });
-        }
-        tracing::info!(uplink = %u.name, bridge = %u.bridge, addresses = ?cidrs, routes = ?routes, "uninstall: uplink given back");
-    }
-
-    // 4. What is left of the isolation and the socket.
-    link::remove_isolation_table();
-    let _ = std::fs::remove_file(&config.socket);
 
     let outcome = run.outcome;
     if outcome.is_clean() {
@@ -154,6 +180,39 @@ pub fn uninstall(config: &AgentConfig, ovs: &dyn OvsExec, budget: Duration) -> O
         tracing::warn!(took = ?started.elapsed(), failed = ?outcome.failed, "uninstall: done, with steps that failed");
     }
     outcome
+}
+
+/// One uplink given back: its bridge deleted (with the ports and flows on it), its addresses and
+/// routes back on the NIC, a leftover bridge device deleted. Every part is tried; the first
+/// failure is returned.
+fn give_back(ovs: &dyn OvsExec, u: &crate::config::UplinkConfig) -> Result<(), String> {
+    let mut cidrs = link::ipv4_cidrs(&u.bridge);
+    if cidrs.is_empty() && !u.address_from_nic {
+        // The bridge's device is gone already (a second run, or OVS re-created nothing):
+        // the configured address belongs on the uplink.
+        cidrs.push(u.cidr());
+    }
+    let routes = link::routes_through(&u.bridge);
+    let mut failed: Vec<String> = Vec::new();
+    if let Err(e) = ovsdb::del_bridge(ovs, &u.bridge) {
+        failed.push(format!("delete bridge {}: {e}", u.bridge));
+    }
+    link::release_from_host_stack(&u.name);
+    if let Err(e) = link::return_address(&u.bridge, &u.name, &cidrs, &routes) {
+        failed.push(format!("give {} its address back: {e}", u.name));
+    }
+    if link::exists(&u.bridge) {
+        // A userspace datapath's internal port outlives OVS when OVS is not running.
+        if let Err(e) = link::delete_device(&u.bridge) {
+            failed.push(format!("delete device {}: {e}", u.bridge));
+        }
+    }
+    tracing::info!(uplink = %u.name, bridge = %u.bridge, addresses = ?cidrs, routes = ?routes, "uninstall: uplink given back");
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
+    }
 }
 
 /// Removes the fast path's pinned links (which takes its programs off the devices) and then
@@ -316,6 +375,50 @@ pub fn mark_done(marker: &std::path::Path, decision: &str) {
 mod tests {
     use super::DaemonSetState::*;
     use super::*;
+
+    #[test]
+    fn every_uplink_is_given_back_first_and_whatever_the_time() {
+        let config = AgentConfig::parse(
+            "uplinks:\n  - name: eth1\n    address: 198.51.100.1/24\n  - name: eth2\n    address: 203.0.113.1/24\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let steps = plan(&config);
+        assert_eq!(
+            steps,
+            [
+                Step::GiveBack {
+                    uplink: "eth1".into()
+                },
+                Step::GiveBack {
+                    uplink: "eth2".into()
+                },
+                Step::Veths,
+                Step::FastPath,
+                Step::Isolation,
+            ]
+        );
+        assert_eq!(
+            steps.iter().map(Step::always).collect::<Vec<_>>(),
+            [true, true, false, false, false]
+        );
+        // Out of time: a step that must run still runs; the others are skipped and recorded.
+        let mut run = Run {
+            deadline: Instant::now(),
+            outcome: Outcome::default(),
+        };
+        let mut ran = Vec::new();
+        run.step("give eth1 back", true, || {
+            ran.push("give");
+            Ok::<(), String>(())
+        });
+        run.step("veths", false, || {
+            ran.push("veths");
+            Ok::<(), String>(())
+        });
+        assert_eq!(ran, ["give"]);
+        assert_eq!(run.outcome.failed, ["veths: skipped (out of time)"]);
+    }
 
     #[test]
     fn only_a_daemonset_gone_or_being_deleted_uninstalls() {
