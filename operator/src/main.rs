@@ -82,6 +82,10 @@ enum Command {
     Crd,
 }
 
+/// How long an uninstall waits for agent work in flight (an `Agent::start` building bridges, a
+/// reconcile) before it goes on anyway.
+const STOP_WORK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let logs = tracing_subscriber::fmt()
@@ -173,12 +177,18 @@ fn main() -> anyhow::Result<()> {
                         )),
                     };
                     let config = config.clone();
+                    // Under the agent-work guard: an uninstall waits for it, and once one has
+                    // begun the agent does not start at all.
                     let agent = tokio::task::spawn_blocking(move || {
-                        portiso::agent::Agent::start(
-                            config,
-                            Box::new(portiso::ovs::OvsCli),
-                            sources,
-                        )
+                        portiso::agent::uninstall::unless_stopping(|| {
+                            portiso::agent::Agent::start(
+                                config,
+                                Box::new(portiso::ovs::OvsCli),
+                                sources,
+                            )
+                        })
+                        .map(|started| started.map_err(anyhow::Error::from))
+                        .unwrap_or_else(|| Err(anyhow::anyhow!("the agent is stopping")))
                     })
                     .await??;
                     portiso::agent::serve(agent).await
@@ -207,9 +217,13 @@ fn main() -> anyhow::Result<()> {
                 // (no destructor runs: the fast path's programs and OVS's flows carry on).
                 std::process::exit(0);
             }
-            // Nothing of the agent may run on (its poll would put back what is taken away).
-            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            // Nothing of the agent may run on (its poll would put back what is taken away):
+            // no new agent work starts, the work in flight (a start-up or a reconcile on a
+            // blocking thread, which the runtime's shutdown does not stop) is waited for.
+            let work = portiso::agent::uninstall::stop_agent_work(STOP_WORK_WAIT);
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
             let outcome = portiso::agent::uninstall::uninstall(&config, &ovs, budget);
+            drop(work);
             let marker = if outcome.is_clean() {
                 "uninstalled".to_string()
             } else {

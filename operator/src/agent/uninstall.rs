@@ -24,7 +24,8 @@
 //! When it runs: `portiso agent --uninstall`, or a cluster agent that gets SIGTERM while its
 //! DaemonSet is gone or being deleted (`helm uninstall`); an ordinary restart or rolling
 //! update (the DaemonSet is still there) leaves everything running, as before. [`decide`] is
-//! that choice; [`DaemonSetWatch`] gathers what it needs from the API server.
+//! that choice; [`DaemonSetWatch`] gathers what it needs from the API server. Agent work never
+//! runs beside an uninstall: see [`unless_stopping`] and [`stop_agent_work`].
 
 use crate::config::AgentConfig;
 use crate::fastpath;
@@ -35,6 +36,49 @@ use std::time::{Duration, Instant};
 /// How long an uninstall may take in all (within the pod's termination grace period, beside
 /// the decision and the OVS container's wait for it).
 pub const UNINSTALL_BUDGET: Duration = Duration::from_secs(15);
+
+/// Agent work that touches OVS or links (start-up, CNI requests, the poll) runs under a read
+/// guard of this lock; an uninstall takes the write guard, so that it never runs beside such
+/// work (which could put back what it takes away).
+static AGENT_WORK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+/// Set once the agent is stopping for an uninstall: no agent work starts any more.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Runs `f`, a piece of agent work that touches OVS or links, unless the agent is stopping for
+/// an uninstall (then `None`, and nothing is done). An uninstall waits for it to finish.
+pub fn unless_stopping<T>(f: impl FnOnce() -> T) -> Option<T> {
+    let _work = AGENT_WORK.read().unwrap_or_else(|p| p.into_inner());
+    if STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
+        return None;
+    }
+    Some(f())
+}
+
+/// Stops all agent work before an uninstall: no new work starts from now on, and the work in
+/// flight is waited for, at most `wait`. Returns the write guard to hold during the uninstall,
+/// or `None` (logged) when work was still running after `wait`.
+pub fn stop_agent_work(wait: Duration) -> Option<std::sync::RwLockWriteGuard<'static, ()>> {
+    STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
+    let until = Instant::now() + wait;
+    loop {
+        match AGENT_WORK.try_write() {
+            Ok(guard) => return Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {
+                tracing::warn!(waited = ?wait, "uninstall: agent work still running; uninstalling anyway");
+                return None;
+            }
+        }
+    }
+}
+
+/// Whether [`stop_agent_work`] was called.
+pub fn is_stopping() -> bool {
+    STOPPING.load(std::sync::atomic::Ordering::SeqCst)
+}
 
 /// What an uninstall run did not manage.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
