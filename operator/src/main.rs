@@ -54,7 +54,8 @@ enum Command {
         #[arg(long)]
         uninstall: bool,
         /// The agent's own DaemonSet, NAMESPACE/NAME (cluster mode): on SIGTERM the agent
-        /// uninstalls (as --uninstall) only if it is gone or being deleted.
+        /// uninstalls (as --uninstall) only if it was marked for uninstall (`portiso
+        /// uninstall-mark`, the chart's pre-delete hook) and is gone or being deleted.
         #[arg(long)]
         daemonset: Option<String>,
         /// A file written when the agent is done after SIGTERM (cleaned up, or decided not
@@ -80,6 +81,14 @@ enum Command {
     Operator(Box<portiso::k8s::operator::OperatorArgs>),
     /// Print the PortRange CustomResourceDefinition as YAML.
     Crd,
+    /// Mark the agent DaemonSet for uninstall (annotation portiso.io/uninstall): its agents
+    /// give their nodes back when it is deleted next. Run by the chart's pre-delete hook
+    /// (`helm uninstall`); without the mark a deleted DaemonSet leaves the nodes as they are.
+    UninstallMark {
+        /// The agent DaemonSet, NAMESPACE/NAME.
+        #[arg(long)]
+        daemonset: String,
+    },
 }
 
 /// How long an uninstall waits for agent work in flight (an `Agent::start` building bridges, a
@@ -241,6 +250,10 @@ fn main() -> anyhow::Result<()> {
         Command::Operator(args) => {
             tokio::runtime::Runtime::new()?.block_on(portiso::k8s::operator::run(*args))
         }
+        Command::UninstallMark { daemonset } => tokio::runtime::Runtime::new()?.block_on(async {
+            let client = kube::Client::try_default().await?;
+            portiso::agent::uninstall::mark_for_uninstall(client, &daemonset).await
+        }),
         Command::Crd => {
             print!("{}", portiso::model::crd_yaml()?);
             Ok(())

@@ -21,11 +21,14 @@
 //! The whole run is bounded: once its time is up the remaining steps are skipped (logged),
 //! except step 1, which always runs.
 //!
-//! When it runs: `portiso agent --uninstall`, or a cluster agent that gets SIGTERM while its
-//! DaemonSet is gone or being deleted (`helm uninstall`); an ordinary restart or rolling
-//! update (the DaemonSet is still there) leaves everything running, as before. [`decide`] is
-//! that choice; [`DaemonSetWatch`] gathers what it needs from the API server. Agent work never
-//! runs beside an uninstall: see [`unless_stopping`] and [`stop_agent_work`].
+//! When it runs: `portiso agent --uninstall`, or a cluster agent that gets SIGTERM after its
+//! DaemonSet was marked for uninstall (the annotation [`UNINSTALL_ANNOTATION`], put there by the
+//! chart's pre-delete hook running `portiso uninstall-mark`) and while it is gone or being
+//! deleted (`helm uninstall`). An ordinary restart or rolling update (the DaemonSet is still
+//! there), or a DaemonSet deleted without the mark (`kubectl delete` and apply again, `kubectl
+//! replace --force`, `helm uninstall --no-hooks`), leaves everything running. [`decide`] is that
+//! choice; [`DaemonSetWatch`] gathers what it needs from the API server. Agent work never runs
+//! beside an uninstall: see [`unless_stopping`] and [`stop_agent_work`].
 
 use crate::config::AgentConfig;
 use crate::fastpath;
@@ -296,14 +299,24 @@ pub struct Decision {
     pub reason: String,
 }
 
-/// On SIGTERM: uninstall only when the DaemonSet is gone or being deleted, never on an ordinary
-/// restart. `fetched` is a GET made now; `watched` what the watch on it last saw (None when
-/// the watch never synced). A GET that fails (after `helm uninstall` the agent's
-/// ServiceAccount and Role may already be gone) defers to the watch; when neither tells, the
-/// node is left as it is.
-pub fn decide(watched: Option<&DaemonSetState>, fetched: &DaemonSetState) -> Decision {
+/// The annotation `helm uninstall` (the chart's pre-delete hook, `portiso uninstall-mark`) puts
+/// on the agent's DaemonSet: the explicit word that the DaemonSet's deletion is an uninstall.
+pub const UNINSTALL_ANNOTATION: &str = "portiso.io/uninstall";
+
+/// On SIGTERM: uninstall only when the DaemonSet was marked for uninstall ([`UNINSTALL_ANNOTATION`],
+/// seen by the watch at any time or on the GET now: `marked`) AND is gone or being deleted;
+/// never on an ordinary restart, nor when the DaemonSet was deleted without the mark (`kubectl
+/// delete` and apply again, `kubectl replace --force`, a rename, `helm uninstall --no-hooks`).
+/// `fetched` is a GET made now; `watched` what the watch on it last saw (None when the watch
+/// never synced). A GET that fails (after `helm uninstall` the agent's ServiceAccount and Role
+/// may already be gone) defers to the watch; when neither tells, the node is left as it is.
+pub fn decide(
+    marked: bool,
+    watched: Option<&DaemonSetState>,
+    fetched: &DaemonSetState,
+) -> Decision {
     use DaemonSetState::*;
-    let (uninstall, reason) = match (fetched, watched) {
+    let (going, reason) = match (fetched, watched) {
         (Gone, _) => (true, "the agent's DaemonSet is gone".to_string()),
         (Deleting, _) => (true, "the agent's DaemonSet is being deleted".to_string()),
         (Present, _) => (
@@ -327,35 +340,89 @@ pub fn decide(watched: Option<&DaemonSetState>, fetched: &DaemonSetState) -> Dec
             format!("cannot tell whether the agent's DaemonSet is being deleted ({why}): the node is left as it is"),
         ),
     };
-    Decision { uninstall, reason }
+    match (going, marked) {
+        (true, true) => Decision {
+            uninstall: true,
+            reason: format!("{reason}, marked {UNINSTALL_ANNOTATION} (helm uninstall)"),
+        },
+        (true, false) => Decision {
+            uninstall: false,
+            reason: format!(
+                "{reason}, but never marked {UNINSTALL_ANNOTATION} (deleted by hand, replaced, or helm uninstall --no-hooks): the node is left as it is; `portiso agent --uninstall` gives it back"
+            ),
+        },
+        (false, _) => Decision {
+            uninstall: false,
+            reason,
+        },
+    }
 }
 
-/// A watch on the agent's own DaemonSet (`--daemonset NAMESPACE/NAME`), for [`decide`].
+/// Whether a DaemonSet carries [`UNINSTALL_ANNOTATION`].
+fn is_marked(ds: &k8s_openapi::api::apps::v1::DaemonSet) -> bool {
+    ds.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(UNINSTALL_ANNOTATION))
+}
+
+/// A watch on the agent's own DaemonSet (`--daemonset NAMESPACE/NAME`), for [`decide`]: it
+/// keeps the DaemonSet's last state and remembers whether it ever saw the uninstall mark
+/// (a deleted object's last state counts too).
 pub struct DaemonSetWatch {
     api: kube::Api<k8s_openapi::api::apps::v1::DaemonSet>,
     name: String,
     namespace: String,
     store: kube::runtime::reflector::Store<k8s_openapi::api::apps::v1::DaemonSet>,
+    marked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// `NAMESPACE/NAME`, both parts non-empty.
+fn split_daemonset(which: &str) -> anyhow::Result<(&str, &str)> {
+    which
+        .split_once('/')
+        .filter(|(n, d)| !n.is_empty() && !d.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("--daemonset {which:?}: write NAMESPACE/NAME"))
 }
 
 impl DaemonSetWatch {
     /// Starts the watch (needs a Tokio runtime); `which` is `NAMESPACE/NAME`.
     pub fn start(client: kube::Client, which: &str) -> anyhow::Result<Self> {
-        let (namespace, name) = which
-            .split_once('/')
-            .filter(|(n, d)| !n.is_empty() && !d.is_empty())
-            .ok_or_else(|| anyhow::anyhow!("--daemonset {which:?}: write NAMESPACE/NAME"))?;
+        use futures::StreamExt;
+        use kube::runtime::WatchStreamExt;
+        let (namespace, name) = split_daemonset(which)?;
         let api = kube::Api::namespaced(client, namespace);
-        let store = crate::k8s::watch(
-            api.clone(),
-            kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}")),
-            None,
-        );
+        let (store, writer) = kube::runtime::reflector::store();
+        let config =
+            kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let stream = kube::runtime::reflector(writer, kube::runtime::watcher(api.clone(), config))
+            .default_backoff()
+            .touched_objects();
+        let marked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = marked.clone();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(ds) if is_marked(&ds) => {
+                        if !seen.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                            tracing::info!(
+                                annotation = UNINSTALL_ANNOTATION,
+                                "the agent's DaemonSet is marked for uninstall"
+                            );
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "watch of the agent's DaemonSet"),
+                }
+            }
+        });
         Ok(Self {
             api,
             name: name.to_string(),
             namespace: namespace.to_string(),
             store,
+            marked,
         })
     }
 
@@ -365,6 +432,10 @@ impl DaemonSetWatch {
         } else {
             DaemonSetState::Present
         }
+    }
+
+    fn marked(&self) -> bool {
+        self.marked.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     async fn watched(&self) -> Option<DaemonSetState> {
@@ -381,7 +452,12 @@ impl DaemonSetWatch {
 
     async fn fetched(&self) -> DaemonSetState {
         match tokio::time::timeout(Duration::from_secs(3), self.api.get_opt(&self.name)).await {
-            Ok(Ok(Some(ds))) => Self::state_of(&ds),
+            Ok(Ok(Some(ds))) => {
+                if is_marked(&ds) {
+                    self.marked.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                Self::state_of(&ds)
+            }
             Ok(Ok(None)) => DaemonSetState::Gone,
             Ok(Err(e)) => DaemonSetState::Unknown(e.to_string()),
             Err(_) => DaemonSetState::Unknown("no answer within 3 s".into()),
@@ -392,15 +468,47 @@ impl DaemonSetWatch {
     /// gives the watch up to 2 s to report a deletion that is under way.
     pub async fn decide(&self) -> Decision {
         let fetched = self.fetched().await;
-        let mut d = decide(self.watched().await.as_ref(), &fetched);
+        let mut d = decide(self.marked(), self.watched().await.as_ref(), &fetched);
         if matches!(fetched, DaemonSetState::Unknown(_)) && !d.uninstall {
             let until = Instant::now() + Duration::from_secs(2);
             while Instant::now() < until && !d.uninstall {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                d = decide(self.watched().await.as_ref(), &fetched);
+                d = decide(self.marked(), self.watched().await.as_ref(), &fetched);
             }
         }
         d
+    }
+}
+
+/// `portiso uninstall-mark`: puts [`UNINSTALL_ANNOTATION`] on the agent's DaemonSet
+/// (`NAMESPACE/NAME`), so that its agents give their nodes back when it is deleted next. Run by
+/// the chart's pre-delete hook; a DaemonSet that does not exist is fine (nothing to mark).
+pub async fn mark_for_uninstall(client: kube::Client, which: &str) -> anyhow::Result<()> {
+    let (namespace, name) = split_daemonset(which)?;
+    let api: kube::Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        kube::Api::namespaced(client, namespace);
+    let patch = serde_json::json!({
+        "metadata": {"annotations": {UNINSTALL_ANNOTATION: "true"}}
+    });
+    match api
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(daemonset = %which, annotation = UNINSTALL_ANNOTATION, "marked for uninstall");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            tracing::info!(daemonset = %which, "no such DaemonSet: nothing to mark");
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot mark DaemonSet {which} for uninstall: {e}"
+        )),
     }
 }
 
@@ -465,23 +573,53 @@ mod tests {
     }
 
     #[test]
-    fn only_a_daemonset_gone_or_being_deleted_uninstalls() {
+    fn only_a_daemonset_marked_and_then_gone_or_being_deleted_uninstalls() {
         let unknown = Unknown("Unauthorized".into());
         // A GET that answers decides, whatever the watch last saw.
         for watched in [None, Some(Present), Some(Gone), Some(Deleting)] {
-            assert!(decide(watched.as_ref(), &Gone).uninstall);
-            assert!(decide(watched.as_ref(), &Deleting).uninstall);
-            let d = decide(watched.as_ref(), &Present);
-            assert!(!d.uninstall, "{d:?}");
-            assert!(d.reason.contains("ordinary restart"), "{d:?}");
+            assert!(decide(true, watched.as_ref(), &Gone).uninstall);
+            assert!(decide(true, watched.as_ref(), &Deleting).uninstall);
+            for marked in [true, false] {
+                let d = decide(marked, watched.as_ref(), &Present);
+                assert!(!d.uninstall, "{d:?}");
+                assert!(d.reason.contains("ordinary restart"), "{d:?}");
+            }
         }
         // A GET that fails (ServiceAccount or Role already deleted) defers to the watch.
-        assert!(decide(Some(&Gone), &unknown).uninstall);
-        assert!(decide(Some(&Deleting), &unknown).uninstall);
-        assert!(!decide(Some(&Present), &unknown).uninstall);
+        assert!(decide(true, Some(&Gone), &unknown).uninstall);
+        assert!(decide(true, Some(&Deleting), &unknown).uninstall);
+        assert!(!decide(true, Some(&Present), &unknown).uninstall);
         // Nothing tells: the node is left as it is.
-        let d = decide(None, &unknown);
+        let d = decide(true, None, &unknown);
         assert!(!d.uninstall && d.reason.contains("Unauthorized"), "{d:?}");
-        assert!(!decide(Some(&unknown), &unknown).uninstall);
+        assert!(!decide(true, Some(&unknown), &unknown).uninstall);
+    }
+
+    #[test]
+    fn a_daemonset_deleted_without_the_mark_keeps_the_node() {
+        // kubectl delete + apply, kubectl replace --force, a rename, helm uninstall --no-hooks.
+        let unknown = Unknown("Unauthorized".into());
+        for watched in [None, Some(Present), Some(Gone), Some(Deleting)] {
+            for fetched in [&Gone, &Deleting, &Present, &unknown] {
+                let d = decide(false, watched.as_ref(), fetched);
+                assert!(!d.uninstall, "{watched:?} {fetched:?}: {d:?}");
+            }
+        }
+        let d = decide(false, Some(&Present), &Gone);
+        assert!(
+            d.reason.contains(UNINSTALL_ANNOTATION) && d.reason.contains("--uninstall"),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn the_mark_is_the_annotation() {
+        let mut ds = k8s_openapi::api::apps::v1::DaemonSet::default();
+        assert!(!is_marked(&ds));
+        ds.metadata.annotations =
+            Some([(UNINSTALL_ANNOTATION.to_string(), "true".to_string())].into());
+        assert!(is_marked(&ds));
+        assert_eq!(split_daemonset("ns/ds").unwrap(), ("ns", "ds"));
+        assert!(split_daemonset("ns/").is_err() && split_daemonset("ds").is_err());
     }
 }
