@@ -396,14 +396,17 @@ EOF
     ((FAILED == 0))
 }
 
-# OVS daemons among the node's processes (the agent pod's container).
+# OVS daemons among the node's processes (the agent pod's container); says so (and the check
+# fails) when it cannot look.
 node_ovs_procs() {
     local n=0 p c=/sys/fs/cgroup/pids/$CGROUP_ROOT
-    if [[ -d "$c" ]]; then
-        while read -r p; do
-            case "$(cat "/proc/$p/comm" 2>/dev/null)" in ovs-vswitchd | ovsdb-server) n=$((n + 1)) ;; esac
-        done < <(find "$c" -name cgroup.procs -exec cat {} + 2>/dev/null)
+    if [[ ! -d "$c" ]]; then
+        echo "cannot look: no $c"
+        return
     fi
+    while read -r p; do
+        case "$(cat "/proc/$p/comm" 2>/dev/null)" in ovs-vswitchd | ovsdb-server) n=$((n + 1)) ;; esac
+    done < <(find "$c" -name cgroup.procs -exec cat {} + 2>/dev/null)
     echo "$n"
 }
 
