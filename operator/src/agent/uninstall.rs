@@ -78,11 +78,6 @@ pub fn stop_agent_work(wait: Duration) -> Option<std::sync::RwLockWriteGuard<'st
     }
 }
 
-/// Whether [`stop_agent_work`] was called.
-pub fn is_stopping() -> bool {
-    STOPPING.load(std::sync::atomic::Ordering::SeqCst)
-}
-
 /// What an uninstall run did not manage.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Outcome {
