@@ -281,3 +281,34 @@ fn uninstall_of_a_node_with_many_sandboxes_gives_the_uplinks_back_within_the_bud
     );
     assert_given_back(&tb);
 }
+
+/// The stop before an uninstall (in the agent process: `portiso agent` on SIGTERM): agent work
+/// in flight (a start-up, a reconcile on a blocking thread) is waited for, and none starts
+/// afterwards. (The flag is process-wide: no other test of this file uses it in-process.)
+#[test]
+fn an_uninstall_waits_for_agent_work_in_flight_and_no_work_starts_after_it() {
+    use portiso::agent::uninstall::{stop_agent_work, unless_stopping};
+    let (started, started_rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        unless_stopping(|| {
+            started.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            "done"
+        })
+    });
+    started_rx.recv().unwrap();
+    let t = Instant::now();
+    let guard = stop_agent_work(Duration::from_secs(5));
+    assert!(
+        guard.is_some(),
+        "the work in flight finished within the wait"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(worker.join().unwrap(), Some("done"));
+    drop(guard);
+    assert_eq!(unless_stopping(|| "late"), None, "no work after the stop");
+}
