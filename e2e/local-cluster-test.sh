@@ -300,6 +300,40 @@ EOF
     check "$UP1_ADDR:10200 still reaches lc-multi after the agent restart" \
         "$(probe_until "$UP1_ADDR" 10200 lc-multi 20)" lc-multi
 
+    log "test 4c: the agent DaemonSet deleted without the uninstall mark and applied again keeps the node"
+    # kubectl delete + apply (as kubectl replace --force, or a rename, would): no pre-delete hook
+    # marked the DaemonSet, so its agent keeps the node as on any restart.
+    local ds_json=$LC/agent-ds.json del_pod del_pid
+    kc get ds -n "$RELEASE_NS" "$RELEASE-agent" -o json |
+        jq 'del(.status, .metadata.uid, .metadata.resourceVersion, .metadata.creationTimestamp,
+                .metadata.generation, .metadata.managedFields, .metadata.annotations["deprecated.daemonset.template.generation"])' >"$ds_json"
+    del_pod=$(kc get pods -n "$RELEASE_NS" -l app.kubernetes.io/component=agent -o name | head -n1)
+    kc logs -f -n "$RELEASE_NS" "$del_pod" -c agent --tail 1 >"$LC/log/agent-ds-delete.log" 2>&1 &
+    del_pid=$!
+    sleep 1
+    kc delete ds -n "$RELEASE_NS" "$RELEASE-agent" --wait --timeout 60s >/dev/null
+    kc wait -n "$RELEASE_NS" --for=delete "$del_pod" --timeout 90s >/dev/null 2>&1 || true
+    kill "$del_pid" 2>/dev/null || true
+    wait "$del_pid" 2>/dev/null || true
+    grep -E 'SIGTERM' "$LC/log/agent-ds-delete.log" | sed 's/^/    agent: /' >&2 || true
+    check "an agent whose DaemonSet is deleted unmarked keeps the node" \
+        "$(grep -c 'SIGTERM uninstall=false' "$LC/log/agent-ds-delete.log" | tr -d ' ')" 1
+    check "br-$UP1 kept the shared address while the DaemonSet was gone" \
+        "$(ip -n "$NODE_NS" -4 -o addr show dev "br-$UP1" | awk '{print $4}')" "$UP1_ADDR/$UP1_LEN"
+    kc create -f "$ds_json" >/dev/null
+    kc rollout status -n "$RELEASE_NS" "ds/$RELEASE-agent" --timeout 120s >/dev/null 2>&1 || true
+    for ((i = 0; i < 60; i++)); do
+        new_pod=$(kc get pods -n "$RELEASE_NS" -l app.kubernetes.io/component=agent -o name | grep -v "^$del_pod$" | head -n1)
+        [[ -n "$new_pod" ]] && kc logs -n "$RELEASE_NS" "$new_pod" -c agent 2>/dev/null | grep -q 'agent ready' && break
+        sleep 1
+    done
+    check "a new agent pod serves after the DaemonSet is applied again" \
+        "$(kc logs -n "$RELEASE_NS" "$new_pod" -c agent 2>/dev/null | grep -c 'agent ready' | tr -d ' ')" 1
+    check "$UP1_ADDR:10200 reaches lc-multi after the DaemonSet is applied again" \
+        "$(probe_until "$UP1_ADDR" 10200 lc-multi 30)" lc-multi
+    check "$UP2_ADDR:10200 reaches lc-multi after the DaemonSet is applied again" \
+        "$(probe_until "$UP2_ADDR" 10200 lc-multi 30)" lc-multi
+
     log "test 5: helm uninstall"
     kc delete pod lc-web2 lc-multi lc-node-echo lc-vm --ignore-not-found --wait --timeout 60s >/dev/null
     kc delete pr --all --wait --timeout 60s >/dev/null
@@ -321,6 +355,10 @@ EOF
     wait "$logs_pid" "$ovs_logs_pid" 2>/dev/null || true
     grep -E 'SIGTERM|uninstall' "$LC/log/agent-uninstall.log" | sed 's/^/    agent: /' | tail -n 12 >&2 || true
     grep -E 'openvswitch:' "$LC/log/ovs-uninstall.log" | sed 's/^/    ovs:   /' >&2 || true
+    # The chart's pre-delete hook Job (portiso uninstall-mark) marked the DaemonSet first, and
+    # the agent's watch saw it: only then does its SIGTERM give the node back.
+    check "the agent saw the uninstall mark of the pre-delete hook" \
+        "$(grep -c "the agent's DaemonSet is marked for uninstall" "$LC/log/agent-uninstall.log" | tr -d ' ')" 1
     check "the agent gave the node back on SIGTERM (helm uninstall)" \
         "$(grep -c 'uninstall: done, nothing of portiso left' "$LC/log/agent-uninstall.log" | tr -d ' ')" 1
     grep -q 'uninstall: done' "$LC/log/agent-uninstall.log" ||
@@ -358,14 +396,17 @@ EOF
     ((FAILED == 0))
 }
 
-# OVS daemons among the node's processes (the agent pod's container).
+# OVS daemons among the node's processes (the agent pod's container); says so (and the check
+# fails) when it cannot look.
 node_ovs_procs() {
     local n=0 p c=/sys/fs/cgroup/pids/$CGROUP_ROOT
-    if [[ -d "$c" ]]; then
-        while read -r p; do
-            case "$(cat "/proc/$p/comm" 2>/dev/null)" in ovs-vswitchd | ovsdb-server) n=$((n + 1)) ;; esac
-        done < <(find "$c" -name cgroup.procs -exec cat {} + 2>/dev/null)
+    if [[ ! -d "$c" ]]; then
+        echo "cannot look: no $c"
+        return
     fi
+    while read -r p; do
+        case "$(cat "/proc/$p/comm" 2>/dev/null)" in ovs-vswitchd | ovsdb-server) n=$((n + 1)) ;; esac
+    done < <(find "$c" -name cgroup.procs -exec cat {} + 2>/dev/null)
     echo "$n"
 }
 

@@ -42,6 +42,10 @@
 # Environment:
 #   PORTISO_CACHE       cache root (default /var/cache/portiso)
 #   PORTISO_LC_SKIP_VM=1  skip the VM sandbox check
+#   PORTISO_LC_PROFILE  the cargo profile whose portiso binaries go into the image: release
+#                       (default for up/all; target/release) or debug (default for ci, which runs
+#                       after `cargo test --workspace`: target/debug, stripped of debug info
+#                       when copied into the image)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -73,6 +77,21 @@ PRIVATE_DIRS=(/var/lib/kubelet /run/containerd /run/netns /var/log/pods /var/log
 SAVED_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
 
 log() { printf '[local-cluster %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# The portiso binaries that go into the image (see PORTISO_LC_PROFILE).
+PROFILE=${PORTISO_LC_PROFILE:-release}
+case "$PROFILE" in
+release | debug) ;;
+*) echo "PORTISO_LC_PROFILE=$PROFILE: release or debug" >&2 && exit 2 ;;
+esac
+BIN_DIR=$REPO/target/$PROFILE
+build_portiso() {
+    if [[ "$PROFILE" == release ]]; then
+        (cd "$REPO" && cargo build --release --workspace --locked)
+    else
+        (cd "$REPO" && cargo build --workspace --bins --locked)
+    fi
+}
 die() { log "error: $*"; exit 1; }
 
 # ---- prerequisites ------------------------------------------------------------------------
@@ -82,6 +101,19 @@ need_cmds() {
         command -v "$c" >/dev/null 2>&1 || missing+=("$c")
     done
     ((${#missing[@]} == 0)) || die "missing: ${missing[*]} (Debian packages: see the top of $0)"
+}
+
+# Why this machine's cgroups cannot hold the node's pods (empty when they can): the node is
+# built for cgroup v1 hierarchies (kubelet's cgroupRoot in each, failCgroupV1: false), with
+# at least the memory controller.
+cgroup_unsupported() {
+    if [[ -e /sys/fs/cgroup/cgroup.controllers ]]; then
+        echo "a pure cgroup v2 host (cgroup2 mounted at /sys/fs/cgroup): this script sets the node up on cgroup v1 hierarchies only"
+    elif [[ ! -d /sys/fs/cgroup/memory ]]; then
+        echo "no memory cgroup (no cgroup v1 hierarchy at /sys/fs/cgroup/memory)"
+    elif [[ ! -d /sys/fs/cgroup/pids ]]; then
+        echo "no pids cgroup (no cgroup v1 hierarchy at /sys/fs/cgroup/pids; the test looks for OVS daemons there)"
+    fi
 }
 
 # ---- the node's namespaces ----------------------------------------------------------------
@@ -497,10 +529,12 @@ rootfs_base() {
 }
 
 image_key() {
-    # Inputs of the images: this script, the portiso binaries, the host tools' packages.
+    # Inputs of the images: this script, the portiso binaries (of the chosen profile), the host
+    # tools' packages (binutils: objcopy strips the binaries).
     {
-        sha256sum "$HERE/local-cluster.sh" "$REPO/target/release/portiso" "$REPO/target/release/portiso-cni"
-        dpkg-query -W openvswitch-switch busybox-static iproute2 nftables qemu-system-x86 2>/dev/null || true
+        echo "profile $PROFILE"
+        sha256sum "$HERE/local-cluster.sh" "$BIN_DIR/portiso" "$BIN_DIR/portiso-cni"
+        dpkg-query -W openvswitch-switch busybox-static iproute2 nftables qemu-system-x86 binutils 2>/dev/null || true
     } | sha256sum | cut -c1-16
 }
 
@@ -527,12 +561,15 @@ build_images() {
         rootfs_base "$r/busybox"
         oci_archive "$r/busybox" "$IMG_BUSYBOX" '{"Cmd": ["/bin/sh"]}' "$dir/busybox.tar"
 
-        # portiso: the release binaries plus what the Dockerfile's runtime stage installs.
+        # portiso: the binaries of $PROFILE without their debug info (a debug build's are
+        # hundreds of MB), plus what the Dockerfile's runtime stage installs.
         rootfs_base "$r/portiso"
         mkdir -p "$r/portiso/usr/local/bin"
-        cp "$REPO/target/release/portiso" "$REPO/target/release/portiso-cni" "$r/portiso/usr/local/bin/"
-        rootfs_libs "$r/portiso" "$REPO/target/release/portiso"
-        rootfs_libs "$r/portiso" "$REPO/target/release/portiso-cni"
+        local b
+        for b in portiso portiso-cni; do
+            objcopy --strip-debug "$BIN_DIR/$b" "$r/portiso/usr/local/bin/$b"
+            rootfs_libs "$r/portiso" "$BIN_DIR/$b"
+        done
         local t tools=()
         for t in bash ovs-vsctl ovs-ofctl ovs-appctl ovs-dpctl ovsdb-server ovsdb-tool ovs-vswitchd \
             ip nft ethtool sysctl nsenter mount umount tc; do
@@ -583,15 +620,18 @@ build_images() {
 # ---- up / down ----------------------------------------------------------------------------
 cmd_up() {
     [[ $EUID -eq 0 ]] || die "needs root"
-    need_cmds nsenter unshare ip nft ethtool openssl jq curl runc busybox clang ovs-vsctl setsid flock
+    need_cmds nsenter unshare ip nft ethtool openssl jq curl runc busybox clang ovs-vsctl setsid flock objcopy
+    local why
+    why=$(cgroup_unsupported)
+    [[ -z "$why" ]] || die "$why"
     if [[ -e "$LC/holder.pid" ]] || ip netns list | grep -qw "$NODE_NS"; then
         die "a local cluster is already up (run: $0 down)"
     fi
     local start=$SECONDS
     bins
-    if [[ ! -x "$REPO/target/release/portiso" || ! -x "$REPO/target/release/portiso-cni" ]]; then
-        log "no release binaries: cargo build --release"
-        (cd "$REPO" && cargo build --release --workspace --locked)
+    if [[ ! -x "$BIN_DIR/portiso" || ! -x "$BIN_DIR/portiso-cni" ]]; then
+        log "no $PROFILE binaries of portiso: building them"
+        build_portiso
     fi
     mkdir -p "$LC/log" "$LC/pids"
     save_sysctls
@@ -734,16 +774,22 @@ ci)
         why="no Open vSwitch tools (openvswitch-switch) for the portiso image"
     elif ! command -v jq >/dev/null; then
         why="no jq"
-    elif [[ ! -d /sys/fs/cgroup/memory && ! -e /sys/fs/cgroup/cgroup.controllers ]]; then
-        why="no memory cgroup"
+    elif ! command -v objcopy >/dev/null; then
+        why="no objcopy (binutils) to strip the image's binaries"
+    else
+        why=$(cgroup_unsupported)
     fi
     if [[ -n "$why" ]]; then
         log "SKIPPED: the local Kubernetes cluster needs what this machine lacks: $why"
         exit 0
     fi
     [[ -c /dev/kvm ]] || log "no /dev/kvm: the VM sandbox check will be SKIPPED"
-    log "building the release binaries for the image (cargo build --release)"
-    (cd "$REPO" && cargo build --release --workspace --locked)
+    # The debug binaries by default: scripts/test.sh has just built them (cargo test
+    # --workspace); a release build would cost minutes more in a fresh clone.
+    export PORTISO_LC_PROFILE=${PORTISO_LC_PROFILE:-debug}
+    PROFILE=$PORTISO_LC_PROFILE BIN_DIR=$REPO/target/$PORTISO_LC_PROFILE
+    log "building the $PROFILE binaries for the image"
+    build_portiso
     bash "$0" down >/dev/null 2>&1 || true
     exec bash "$0" all
     ;;

@@ -15,6 +15,7 @@ packages=(
   libc6-dev            # static glibc for the guest's helper, linked with rustc +crt-static
   clang llvm libbpf-dev  # compile the eBPF fast path (operator/bpf/) into the portiso binary
   jq curl openssl      # e2e/local-cluster.sh: its Multus stand-in, health checks, throwaway PKI
+  binutils             # e2e/local-cluster.sh: objcopy strips the debug info of the image's binaries
 )
 
 missing=()

@@ -54,7 +54,8 @@ enum Command {
         #[arg(long)]
         uninstall: bool,
         /// The agent's own DaemonSet, NAMESPACE/NAME (cluster mode): on SIGTERM the agent
-        /// uninstalls (as --uninstall) only if it is gone or being deleted.
+        /// uninstalls (as --uninstall) only if it was marked for uninstall (`portiso
+        /// uninstall-mark`, the chart's pre-delete hook) and is gone or being deleted.
         #[arg(long)]
         daemonset: Option<String>,
         /// A file written when the agent is done after SIGTERM (cleaned up, or decided not
@@ -80,7 +81,19 @@ enum Command {
     Operator(Box<portiso::k8s::operator::OperatorArgs>),
     /// Print the PortRange CustomResourceDefinition as YAML.
     Crd,
+    /// Mark the agent DaemonSet for uninstall (annotation portiso.io/uninstall): its agents
+    /// give their nodes back when it is deleted next. Run by the chart's pre-delete hook
+    /// (`helm uninstall`); without the mark a deleted DaemonSet leaves the nodes as they are.
+    UninstallMark {
+        /// The agent DaemonSet, NAMESPACE/NAME.
+        #[arg(long)]
+        daemonset: String,
+    },
 }
+
+/// How long an uninstall waits for agent work in flight (an `Agent::start` building bridges, a
+/// reconcile) before it goes on anyway.
+const STOP_WORK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -173,12 +186,18 @@ fn main() -> anyhow::Result<()> {
                         )),
                     };
                     let config = config.clone();
+                    // Under the agent-work guard: an uninstall waits for it, and once one has
+                    // begun the agent does not start at all.
                     let agent = tokio::task::spawn_blocking(move || {
-                        portiso::agent::Agent::start(
-                            config,
-                            Box::new(portiso::ovs::OvsCli),
-                            sources,
-                        )
+                        portiso::agent::uninstall::unless_stopping(|| {
+                            portiso::agent::Agent::start(
+                                config,
+                                Box::new(portiso::ovs::OvsCli),
+                                sources,
+                            )
+                        })
+                        .map(|started| started.map_err(anyhow::Error::from))
+                        .unwrap_or_else(|| Err(anyhow::anyhow!("the agent is stopping")))
                     })
                     .await??;
                     portiso::agent::serve(agent).await
@@ -207,9 +226,13 @@ fn main() -> anyhow::Result<()> {
                 // (no destructor runs: the fast path's programs and OVS's flows carry on).
                 std::process::exit(0);
             }
-            // Nothing of the agent may run on (its poll would put back what is taken away).
-            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            // Nothing of the agent may run on (its poll would put back what is taken away):
+            // no new agent work starts, the work in flight (a start-up or a reconcile on a
+            // blocking thread, which the runtime's shutdown does not stop) is waited for.
+            let work = portiso::agent::uninstall::stop_agent_work(STOP_WORK_WAIT);
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
             let outcome = portiso::agent::uninstall::uninstall(&config, &ovs, budget);
+            drop(work);
             let marker = if outcome.is_clean() {
                 "uninstalled".to_string()
             } else {
@@ -227,6 +250,10 @@ fn main() -> anyhow::Result<()> {
         Command::Operator(args) => {
             tokio::runtime::Runtime::new()?.block_on(portiso::k8s::operator::run(*args))
         }
+        Command::UninstallMark { daemonset } => tokio::runtime::Runtime::new()?.block_on(async {
+            let client = kube::Client::try_default().await?;
+            portiso::agent::uninstall::mark_for_uninstall(client, &daemonset).await
+        }),
         Command::Crd => {
             print!("{}", portiso::model::crd_yaml()?);
             Ok(())

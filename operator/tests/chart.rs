@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, PodSpec, Secret, Service, ServiceAccount, Volume,
 };
@@ -290,6 +291,7 @@ fn check_typed(doc: &Doc) {
     match (doc.api_version.as_str(), doc.kind.as_str()) {
         ("apps/v1", "Deployment") => drop_typed::<Deployment>(doc),
         ("apps/v1", "DaemonSet") => drop_typed::<DaemonSet>(doc),
+        ("batch/v1", "Job") => drop_typed::<Job>(doc),
         ("v1", "Service") => drop_typed::<Service>(doc),
         ("v1", "ServiceAccount") => drop_typed::<ServiceAccount>(doc),
         ("v1", "ConfigMap") => drop_typed::<ConfigMap>(doc),
@@ -1159,6 +1161,96 @@ fn rbac_grants_what_the_binaries_use_and_no_more() {
         assert_eq!(subjects[0].namespace.as_deref(), Some(NAMESPACE));
         r.get::<ServiceAccount>("ServiceAccount", &sa);
     }
+}
+
+/// `helm uninstall` marks the agent DaemonSet first (a pre-delete hook Job running `portiso
+/// uninstall-mark`, with a ServiceAccount and Role that may only get and patch that one
+/// DaemonSet); the agents uninstall only after that mark. Every hook object is deleted before a
+/// new one is created and once the hook succeeded, and the ServiceAccount, Role and binding
+/// come before the Job.
+#[test]
+fn uninstall_hook_marks_the_agent_daemonset_and_may_do_nothing_else() {
+    let r = render(&["default-values.yaml"], &[]);
+    let full = r.fullname();
+    let hook = format!("{full}-uninstall-mark");
+    let agent_ds = format!("{full}-agent");
+    let annotations = |kind: &str| -> BTreeMap<String, String> {
+        let doc = r
+            .find(kind, &hook)
+            .unwrap_or_else(|| panic!("no {kind} {hook} rendered"));
+        serde_yaml::from_value(doc.value["metadata"]["annotations"].clone())
+            .unwrap_or_else(|e| panic!("{kind} {hook}: annotations: {e}"))
+    };
+    for (kind, weight) in [
+        ("ServiceAccount", "-10"),
+        ("Role", "-10"),
+        ("RoleBinding", "-10"),
+        ("Job", "0"),
+    ] {
+        let a = annotations(kind);
+        assert_eq!(a["helm.sh/hook"], "pre-delete", "{kind}");
+        assert_eq!(a["helm.sh/hook-weight"], weight, "{kind}");
+        assert_eq!(
+            a["helm.sh/hook-delete-policy"], "before-hook-creation,hook-succeeded",
+            "{kind}"
+        );
+    }
+
+    let job: Job = r.get("Job", &hook);
+    assert_eq!(job.metadata.namespace.as_deref(), Some(NAMESPACE));
+    let pod = job.spec.expect("Job spec").template.spec.expect("pod spec");
+    assert_eq!(pod.service_account_name.as_deref(), Some(hook.as_str()));
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(pod.host_network, Some(true));
+    let c = container(&pod, "uninstall-mark");
+    assert_eq!(c.command.as_deref(), Some(&["portiso".to_string()][..]));
+    let args = c.args.clone().unwrap_or_default();
+    assert_eq!(args[0], "uninstall-mark");
+    assert_eq!(
+        flag(&args, "--daemonset"),
+        Some(format!("{NAMESPACE}/{agent_ds}").as_str())
+    );
+    assert_eq!(
+        c.image,
+        r.agent().spec.template.spec.unwrap().containers[0].image
+    );
+    let sc = c.security_context.clone().expect("securityContext");
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        pod.security_context.and_then(|s| s.run_as_non_root),
+        Some(true)
+    );
+
+    let role: Role = r.get("Role", &hook);
+    let rules = role.rules.unwrap_or_default();
+    for v in ["get", "patch"] {
+        assert!(allows(&rules, "apps", "daemonsets", v, Some(&agent_ds)));
+        assert!(!allows(&rules, "apps", "daemonsets", v, Some("another")));
+    }
+    for v in ["list", "watch", "update", "delete", "create"] {
+        assert!(
+            !allows(&rules, "apps", "daemonsets", v, Some(&agent_ds)),
+            "{v}"
+        );
+    }
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let b: RoleBinding = r.get("RoleBinding", &hook);
+    assert_eq!(
+        (b.role_ref.kind.as_str(), b.role_ref.name.as_str()),
+        ("Role", hook.as_str())
+    );
+    let subjects = b.subjects.unwrap_or_default();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].name, hook);
+    assert_eq!(subjects[0].namespace.as_deref(), Some(NAMESPACE));
+    r.get::<ServiceAccount>("ServiceAccount", &hook);
+
+    // Turned off: no hook, and the agents never uninstall on their own.
+    let off = render(&["default-values.yaml"], &["uninstallHook.enabled=false"]);
+    assert!(
+        off.docs.iter().all(|d| d.name != hook),
+        "hook rendered while disabled"
+    );
 }
 
 /// A ConfigMap key parsed as YAML.

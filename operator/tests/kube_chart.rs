@@ -227,10 +227,25 @@ fn helm_installs_upgrades_and_uninstalls_the_chart_on_a_real_api_server() {
         &s.helm(&["get", "manifest", RELEASE, "-n", NAMESPACE])
             .unwrap(),
     );
-    // What the release holds is what the chart renders with these values, offline.
+    // What the release holds is what the chart renders with these values, offline (hooks
+    // apart: Helm keeps them aside).
     let mut template_args = vec!["template", RELEASE, &chart, "--namespace", NAMESPACE];
     template_args.extend(base);
+    template_args.push("--no-hooks");
     assert_eq!(installed, objects(&s.helm(&template_args).unwrap()));
+    // The only hook: `helm uninstall` marks the agent DaemonSet (pre-delete Job with its
+    // ServiceAccount, Role and RoleBinding).
+    let hooks = objects(&s.helm(&["get", "hooks", RELEASE, "-n", NAMESPACE]).unwrap());
+    assert_eq!(
+        hooks
+            .iter()
+            .map(|o| format!("{}/{}", o.kind, o.name))
+            .collect::<BTreeSet<_>>(),
+        ["Job", "Role", "RoleBinding", "ServiceAccount"]
+            .map(|k| format!("{k}/{RELEASE}-uninstall-mark"))
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+    );
     let kinds: BTreeSet<&str> = installed.iter().map(|o| o.kind.as_str()).collect();
     for kind in [
         "Deployment",
@@ -482,7 +497,9 @@ fn helm_installs_upgrades_and_uninstalls_the_chart_on_a_real_api_server() {
     };
     assert_eq!(releases().lines().count(), 3, "one Secret per revision");
     let started = Instant::now();
-    s.helm(&["uninstall", RELEASE, "--namespace", NAMESPACE])
+    // --no-hooks: no kubelet runs here, so the pre-delete hook Job (which marks the agent
+    // DaemonSet for uninstall) would never finish; e2e/local-cluster.sh runs it for real.
+    s.helm(&["uninstall", RELEASE, "--namespace", NAMESPACE, "--no-hooks"])
         .unwrap();
     println!("helm uninstall: {:?}", started.elapsed());
     for o in &upgraded {

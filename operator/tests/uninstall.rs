@@ -223,3 +223,92 @@ fn sigterm_without_a_daemonset_to_ask_only_stops_the_agent() {
     );
     tb.kill_agent();
 }
+
+/// A node with many sandboxes: the uplinks get their addresses and routes back first and
+/// whatever the time, and the whole run (one `del-br` per uplink, one `ip -batch` for the veths)
+/// stays well within the budget. A few sandboxes are attached through the agent; the rest are
+/// added as the agent leaves them (a veth with the agent's naming, a port on the bridge marked
+/// as a sandbox's) in one OVS transaction, so that the test stays quick.
+#[test]
+fn uninstall_of_a_node_with_many_sandboxes_gives_the_uplinks_back_within_the_budget() {
+    const MANY: usize = 180;
+    let mut tb = testbed_with("uninmany", &web_ranges(), None, with_default_route);
+    tb.attach("web1", "up1").unwrap();
+    tb.attach("web2", "up1").unwrap();
+    tb.attach("web1", "up2").unwrap();
+    tb.kill_agent();
+
+    let mut batch = String::new();
+    let mut vsctl: Vec<String> = Vec::new();
+    for i in 0..MANY {
+        let host = portiso::link::host_if_name(&format!("many-{i}"), "eth0");
+        batch += &format!("link add {host} type veth peer name unsb{i}\nlink set {host} up\n");
+        let bridge = if i % 2 == 0 { "br-up1" } else { "br-up2" };
+        vsctl.extend(
+            [
+                "--",
+                "add-port",
+                bridge,
+                &host,
+                "--",
+                "set",
+                "Interface",
+                &host,
+                "external_ids:portiso-role=sandbox",
+            ]
+            .map(str::to_string),
+        );
+    }
+    let file = tb.dir.join("many.batch");
+    std::fs::write(&file, batch).unwrap();
+    tb.node_cmd("ip", &["-batch", &file.display().to_string()])
+        .unwrap();
+    let argv: Vec<&str> = vsctl.iter().map(String::as_str).collect();
+    tb.node_cmd("ovs-vsctl", &argv).unwrap();
+    assert_eq!(host_ifs(&tb).len(), MANY + 3);
+    let ports = tb.node_cmd("ovs-vsctl", &["list-ports", "br-up1"]).unwrap();
+    assert!(ports.lines().count() > MANY / 2, "{ports}");
+
+    let (took, out) = uninstall(&tb);
+    let out = out.unwrap_or_else(|e| panic!("uninstall failed: {e}"));
+    eprintln!(
+        "uninstall of {} sandbox ports took {took:?}: {out}",
+        MANY + 3
+    );
+    assert!(
+        took < portiso::agent::uninstall::UNINSTALL_BUDGET,
+        "{took:?}"
+    );
+    assert_given_back(&tb);
+}
+
+/// The stop before an uninstall (in the agent process: `portiso agent` on SIGTERM): agent work
+/// in flight (a start-up, a reconcile on a blocking thread) is waited for, and none starts
+/// afterwards. (The flag is process-wide: no other test of this file uses it in-process.)
+#[test]
+fn an_uninstall_waits_for_agent_work_in_flight_and_no_work_starts_after_it() {
+    use portiso::agent::uninstall::{stop_agent_work, unless_stopping};
+    let (started, started_rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        unless_stopping(|| {
+            started.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            "done"
+        })
+    });
+    started_rx.recv().unwrap();
+    let t = Instant::now();
+    let guard = stop_agent_work(Duration::from_secs(5));
+    assert!(
+        guard.is_some(),
+        "the work in flight finished within the wait"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(worker.join().unwrap(), Some("done"));
+    drop(guard);
+    assert_eq!(unless_stopping(|| "late"), None, "no work after the stop");
+}

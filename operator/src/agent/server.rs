@@ -3,7 +3,7 @@
 
 use super::metrics::AgentMetrics;
 use super::Agent;
-use portiso_agent_api::{AgentError, Request, Response};
+use portiso_agent_api::{code, AgentError, Request, Response};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -70,15 +70,23 @@ async fn answer(
             if let Some(add) = &add {
                 wait_until_ready_for(&agent, add).await;
             }
-            let response = tokio::task::spawn_blocking(move || match request {
-                // Not under the lock throughout: see `attach::add_unlocked`.
-                Request::Add(r) => super::attach::add_unlocked(&agent, &r)
-                    .map_or_else(Response::Error, Response::Attached),
-                Request::Del(r) => {
-                    let key = r.key.clone();
-                    super::attach::when_settled(&agent, &key, |a| a.handle(Request::Del(r)))
-                }
-                other => lock(&agent).handle(other),
+            let response = tokio::task::spawn_blocking(move || {
+                super::uninstall::unless_stopping(|| match request {
+                    // Not under the lock throughout: see `attach::add_unlocked`.
+                    Request::Add(r) => super::attach::add_unlocked(&agent, &r)
+                        .map_or_else(Response::Error, Response::Attached),
+                    Request::Del(r) => {
+                        let key = r.key.clone();
+                        super::attach::when_settled(&agent, &key, |a| a.handle(Request::Del(r)))
+                    }
+                    other => lock(&agent).handle(other),
+                })
+                .unwrap_or_else(|| {
+                    Response::Error(AgentError::new(
+                        code::TRY_AGAIN_LATER,
+                        "the agent is stopping",
+                    ))
+                })
             })
             .await?;
             if add.is_some() {
@@ -161,14 +169,17 @@ async fn wait_until_ready_for(agent: &Arc<Mutex<Agent>>, add: &portiso_agent_api
         // Sources may block (a GET to the API server): off the async workers, like all agent work.
         let (agent_ref, add_ref) = (agent.clone(), add.clone());
         let ready = tokio::task::spawn_blocking(move || {
-            let mut a = lock(&agent_ref);
-            if a.refresh() {
-                if let Err(e) = a.apply_refresh() {
-                    let sandbox = sandbox_of(&add_ref);
-                    tracing::error!(%sandbox, error = %e, "could not update flows");
+            super::uninstall::unless_stopping(|| {
+                let mut a = lock(&agent_ref);
+                if a.refresh() {
+                    if let Err(e) = a.apply_refresh() {
+                        let sandbox = sandbox_of(&add_ref);
+                        tracing::error!(%sandbox, error = %e, "could not update flows");
+                    }
                 }
-            }
-            !a.should_wait_for(&add_ref)
+                !a.should_wait_for(&add_ref)
+            })
+            .unwrap_or(true)
         })
         .await
         .unwrap_or(true);
@@ -184,17 +195,20 @@ async fn poll_ranges(agent: Arc<Mutex<Agent>>) {
         tokio::time::sleep(RANGES_POLL).await;
         let agent = agent.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let mut a = lock(&agent);
-            let started = Instant::now();
-            a.collect_gone();
-            let result = if a.refresh() {
-                a.apply_refresh()
-            } else {
-                // Nothing changed on our side: make sure nothing changed on OVS's either.
-                a.resync()
-            };
-            a.metrics.resync.observe(started.elapsed());
-            result
+            super::uninstall::unless_stopping(|| {
+                let mut a = lock(&agent);
+                let started = Instant::now();
+                a.collect_gone();
+                let result = if a.refresh() {
+                    a.apply_refresh()
+                } else {
+                    // Nothing changed on our side: make sure nothing changed on OVS's either.
+                    a.resync()
+                };
+                a.metrics.resync.observe(started.elapsed());
+                result
+            })
+            .unwrap_or(Ok(()))
         })
         .await;
         if let Ok(Err(e)) = result {
