@@ -30,6 +30,7 @@ fn check(name: &str, state: &BridgeState) {
 fn bridge(sandboxes: Vec<SandboxPorts>) -> BridgeState {
     BridgeState {
         egress_limit: None,
+        meters_available: true,
         uplink_ofport: 1,
         shared_ip: Ipv4Addr::new(198, 51, 100, 1),
         shared_mac: "02:00:00:00:00:01".into(),
@@ -59,6 +60,53 @@ fn two_sandboxes_with_tcp_and_udp_ranges() {
             },
         ]),
     );
+}
+
+/// A datapath without OpenFlow meters (some kernel datapaths): the same flows as
+/// `two-sandboxes` with no `meter:` anywhere, even with `sandboxEgressLimit` set (the agent
+/// warns that it cannot be honoured), since OVS refuses every flow that names a missing meter.
+#[test]
+fn a_datapath_without_meters_gets_the_same_flows_without_any_meter() {
+    let mut state = bridge(vec![
+        SandboxPorts {
+            sandbox: "default/web1".into(),
+            ofport: 2,
+            ports: vec![(Tcp, 10000, 10099), (Udp, 10000, 10099)],
+        },
+        SandboxPorts {
+            sandbox: "default/web2".into(),
+            ofport: 3,
+            ports: vec![(Tcp, 10100, 10199)],
+        },
+    ]);
+    state.meters_available = false;
+    state.egress_limit = Some(portiso::flows::MeterRate {
+        packets_per_second: 1000,
+        burst: 100,
+    });
+    check("no-meters", &state);
+    let text = compile_bridge(&state).render();
+    assert!(!text.contains("meter"), "{text}");
+    // Flow for flow the metered table, meters left out.
+    state.meters_available = true;
+    state.egress_limit = None;
+    let metered = compile_bridge(&state).render();
+    let unmetered: String = metered
+        .lines()
+        .map(|l| match l.split_once("meter:") {
+            Some((head, tail)) => format!("{head}{}\n", tail.split_once(',').unwrap().1),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    let strip_cookies = |t: &str| -> Vec<String> {
+        let mut v: Vec<String> = t
+            .lines()
+            .map(|l| l.split_once(',').map_or(l, |x| x.1).to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(strip_cookies(&unmetered), strip_cookies(&text));
 }
 
 #[test]

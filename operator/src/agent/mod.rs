@@ -81,6 +81,8 @@ pub struct Agent {
     /// The meters each bridge holds since the last reconcile (see `meters`), trusted only
     /// while the installed cookies are.
     meters: std::sync::Mutex<BTreeMap<String, Vec<crate::flows::Meter>>>,
+    /// Whether each bridge's datapath has meters, once asked (see `meters`).
+    meter_support: std::sync::Mutex<BTreeMap<String, bool>>,
     /// When OVS was last re-read in full (ports, numbers, every flow).
     last_full_resync: std::time::Instant,
     /// Counted as the agent works; shared with the metrics endpoint, which reads it without
@@ -215,6 +217,7 @@ impl Agent {
             fast_path_off,
             installed: Default::default(),
             meters: Default::default(),
+            meter_support: Default::default(),
             last_full_resync: std::time::Instant::now(),
             metrics: Default::default(),
         };
@@ -435,6 +438,7 @@ impl Agent {
             &self.accepted,
             &self.attachments,
             self.config.sandbox_egress_limit,
+            self.meters_available(&u.config.bridge),
         )
     }
 
@@ -597,6 +601,7 @@ mod tests {
             fast_path_off: "off: test".into(),
             installed: Default::default(),
             meters: Default::default(),
+            meter_support: Default::default(),
             last_full_resync: std::time::Instant::now(),
             metrics: Default::default(),
         }
@@ -622,7 +627,8 @@ mod tests {
 
     #[test]
     fn each_sandbox_gets_its_own_meter_and_loses_it_with_its_flows() {
-        use crate::flows::meters::{slow_path_meter, SANDBOX_SLOW_PATH, UPLINK_SLOW_PATH};
+        use crate::flows::meters::{icmp_error_meter, slow_path_meter, SANDBOX_SLOW_PATH};
+        use crate::flows::meters::{UPLINK_ICMP_ERRORS, UPLINK_SLOW_PATH};
         use crate::flows::MeterRate;
         let ovs = Arc::new(FakeOvs::default());
         let mut a = agent(ovs.clone());
@@ -637,6 +643,7 @@ mod tests {
             (slow_path_meter(1), UPLINK_SLOW_PATH),
             (slow_path_meter(2), SANDBOX_SLOW_PATH),
             (slow_path_meter(3), SANDBOX_SLOW_PATH),
+            (icmp_error_meter(1), UPLINK_ICMP_ERRORS),
         ];
         let with = |egress: &[(u32, MeterRate)]| {
             crate::ovs::fake::Meters::from_iter(slow_path.iter().chain(egress).copied())
@@ -666,7 +673,7 @@ mod tests {
         a.reconcile_all().unwrap();
         assert_eq!(
             meters(&ovs).into_keys().collect::<Vec<_>>(),
-            [slow_path_meter(1), slow_path_meter(2)]
+            [slow_path_meter(1), slow_path_meter(2), icmp_error_meter(1)]
         );
     }
 

@@ -165,6 +165,7 @@ pub fn bridge_state(
     accepted: &[PortRange],
     attachments: &[Attachment],
     egress_limit: Option<crate::flows::MeterRate>,
+    meters_available: bool,
 ) -> BridgeState {
     let owners = Owners::new(accepted, attachments);
     let mut sandboxes: Vec<SandboxPorts> = attachments
@@ -183,6 +184,7 @@ pub fn bridge_state(
         shared_mac: mac.to_string(),
         sandboxes,
         egress_limit,
+        meters_available,
     }
 }
 

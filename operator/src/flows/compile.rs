@@ -19,7 +19,7 @@
 //! to the host, which drops them unassembled.
 
 use super::flow::{FlowTable, FlowTableBuilder, Span};
-use super::meters::{slow_path_meter, MeterRate};
+use super::meters::{icmp_error_meter, slow_path_meter, MeterRate};
 use super::table;
 use crate::model::ports::{cover_iter, PortBlock};
 use crate::model::Protocol;
@@ -53,8 +53,20 @@ pub struct BridgeState {
     pub shared_mac: String,
     pub sandboxes: Vec<SandboxPorts>,
     /// What a sandbox may send per second, through its own OpenFlow meter (numbered as its
-    /// port) before the uplink: the agent config's `sandboxEgressLimit`.
+    /// port) before the uplink: the agent config's `sandboxEgressLimit`. Honoured only where
+    /// `meters_available`.
     pub egress_limit: Option<MeterRate>,
+    /// Whether the bridge's datapath has OpenFlow meters (the agent probes it once per
+    /// bridge). Without them the flows name no meter at all: OVS refuses every flow that
+    /// names a missing meter, so the bridge would get no flows.
+    pub meters_available: bool,
+}
+
+impl BridgeState {
+    /// The sandboxes' egress meter rate, if there is a limit and meters to hold it.
+    pub fn egress_meter(&self) -> Option<MeterRate> {
+        self.egress_limit.filter(|_| self.meters_available)
+    }
 }
 
 /// Matches a UDP datagram that conntrack reassembled without finding fault, handed on whole:
@@ -146,7 +158,11 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
             }
             Sandbox {
                 ofport,
-                slow_path_meter: slow_path_meter(sb.ofport).to_string(),
+                to_agent: if s.meters_available {
+                    format!("meter:{},", slow_path_meter(sb.ofport))
+                } else {
+                    String::new()
+                },
                 blocks: ranges,
             }
         })
@@ -202,14 +218,19 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     // and sends each error on to the sandbox that owns the inner packet's source port, or to
     // the host. The whole packet goes up (max_len=65535 is "no truncation"): the agent
     // re-injects what it gets, and Linux quotes up to 576 bytes of the offending datagram.
-    // Everything handed up from the uplink passes its slow-path meter first (see
-    // `flows::meters`); fragments are metered before conntrack, so `to_agent` needs none.
-    let uplink_meter = format!("meter:{},", slow_path_meter(s.uplink_ofport));
-    let to_agent = w.text(&[&format!("controller(max_len={ICMP_ERROR_PUNT_LEN})")]);
-    let errors_to_agent = w.text(&[
-        &uplink_meter,
-        &format!("controller(max_len={ICMP_ERROR_PUNT_LEN})"),
-    ]);
+    // Everything handed up passes a meter of its in-port first, where the datapath has meters
+    // (see `flows::meters`): ICMP errors one of their own, so that fragments cannot crowd them
+    // out; fragments theirs after conntrack, right before `controller`.
+    let controller = format!("controller(max_len={ICMP_ERROR_PUNT_LEN})");
+    let metered = |id: u32| {
+        if s.meters_available {
+            format!("meter:{id},")
+        } else {
+            String::new()
+        }
+    };
+    let errors_to_agent = w.text(&[&metered(icmp_error_meter(s.uplink_ofport)), &controller]);
+    let fragments_to_agent = w.text(&[&metered(slow_path_meter(s.uplink_ofport)), &controller]);
     for t in &icmp_errors {
         w.flow(
             table::FROM_UPLINK,
@@ -233,11 +254,13 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
             w.flow_ascii(table::FROM_UPLINK, 200, &prefix, tp_dst, to_sandbox[i]);
         }
     }
-    // Every fragment of a UDP datagram to the shared address is reassembled first.
-    let to_reassembly_in = w.text(&[
-        &uplink_meter,
-        &format!("ct(zone={FRAGMENT_ZONE},table={})", table::FRAGMENT_IN),
-    ]);
+    // Every fragment of a UDP datagram to the shared address is reassembled first. Not
+    // metered here: on the kernel datapath the whole datagram comes back from conntrack and
+    // never reaches the agent, so a meter before conntrack would cap all fragmented UDP.
+    let to_reassembly_in = w.text(&[&format!(
+        "ct(zone={FRAGMENT_ZONE},table={})",
+        table::FRAGMENT_IN
+    )]);
     w.flow(
         table::FROM_UPLINK,
         250,
@@ -270,12 +293,18 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     }
 
     // Inbound UDP fragments of complete, well-formed datagrams (conntrack let them through):
-    // the agent steers them (see the module comment). A datapath that hands on the whole
-    // datagram instead (the kernel's) has its ports: the inbound table steers it again.
+    // the agent steers them (see the module comment), through the uplink's slow-path meter.
+    // A datapath that hands on the whole datagram instead (the kernel's) has its ports: the
+    // inbound table steers it again, unmetered like any datagram.
     w.flow(table::FRAGMENT_IN, 0, &[], drop);
     let again_inbound = w.text(&[&format!("resubmit(,{})", table::FROM_UPLINK)]);
     w.flow(table::FRAGMENT_IN, 100, &[REASSEMBLED_WHOLE], again_inbound);
-    w.flow(table::FRAGMENT_IN, 100, &[REASSEMBLED_FRAGMENT], to_agent);
+    w.flow(
+        table::FRAGMENT_IN,
+        100,
+        &[REASSEMBLED_FRAGMENT],
+        fragments_to_agent,
+    );
 
     // Egress: whatever no rule below allows is dropped (and counted by this flow).
     w.flow(table::FROM_SANDBOX, 0, &[], drop);
@@ -287,7 +316,7 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     let from_sandbox: Vec<Span> = sandboxes
         .iter()
         .map(|sb| {
-            if s.egress_limit.is_some() {
+            if s.egress_meter().is_some() {
                 w.text(&["meter:", &sb.ofport, ",output:", &up])
             } else {
                 to_uplink
@@ -295,7 +324,7 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
         })
         .collect();
     let meter_of = |sb: &Sandbox| {
-        if s.egress_limit.is_some() {
+        if s.egress_meter().is_some() {
             format!("meter:{},", sb.ofport)
         } else {
             String::new()
@@ -354,21 +383,15 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
         }
     }
     // Every fragment of a UDP datagram a sandbox sends with the shared addresses is
-    // reassembled first (after the sandbox's slow-path meter: the agent passes them on);
-    // then only the sandbox's own source ports pass.
+    // reassembled first; then only the sandbox's own source ports pass. Its slow-path meter
+    // comes after conntrack, on what goes to the agent only (see `FRAGMENT_OUT` below).
     // Each sandbox reassembles in a zone of its own (numbered as its port): in one shared zone
     // a neighbour could complete another's datagram with a fragment of the same IP id, and
     // on the kernel datapath the whole datagram would then carry the neighbour's in-port.
     let reassembly_out = format!(",table={})", table::FRAGMENT_OUT);
     for sb in &sandboxes {
         let m = ["udp,in_port=", &sb.ofport, &from_shared, ",nw_frag=yes"];
-        let to_reassembly_out = w.text(&[
-            "meter:",
-            &sb.slow_path_meter,
-            ",ct(zone=",
-            &sb.ofport,
-            &reassembly_out,
-        ]);
+        let to_reassembly_out = w.text(&["ct(zone=", &sb.ofport, &reassembly_out]);
         w.flow(table::FROM_SANDBOX, 250, &m, to_reassembly_out);
     }
     // A sandbox sends untagged frames only: a tag would put its frames on another network of
@@ -376,7 +399,9 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     w.flow(table::FROM_SANDBOX, 300, &[VLAN_TAGGED], drop);
     w.flow(table::FRAGMENT_OUT, 0, &[], drop);
     // A whole reassembled datagram (kernel datapath): the egress table checks its source
-    // port again, as for any datagram. Its fragments (userspace datapath): the agent.
+    // port again, as for any datagram (and its egress meter, if any, holds it there). Its
+    // fragments (userspace datapath): the agent, through the slow-path meter of the sandbox
+    // they came from (conntrack keeps the in-port).
     let again_outbound = w.text(&[&format!("resubmit(,{})", table::FROM_SANDBOX)]);
     w.flow(
         table::FRAGMENT_OUT,
@@ -384,7 +409,11 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
         &[REASSEMBLED_WHOLE],
         again_outbound,
     );
-    w.flow(table::FRAGMENT_OUT, 100, &[REASSEMBLED_FRAGMENT], to_agent);
+    for sb in &sandboxes {
+        let to_agent = w.text(&[&sb.to_agent, &controller]);
+        let m = [REASSEMBLED_FRAGMENT, ",in_port=", &sb.ofport];
+        w.flow(table::FRAGMENT_OUT, 100, &m, to_agent);
+    }
     (w, repeats)
 }
 
@@ -408,8 +437,9 @@ fn owned_blocks(sandboxes: &[Sandbox], blocks: &[Vec<BlockText>; 2], k: usize) -
 /// blocks are among all (by protocol, as in `PROTOCOLS`).
 struct Sandbox {
     ofport: String,
-    /// The id of its slow-path meter, as text.
-    slow_path_meter: String,
+    /// What precedes `controller` in the actions that hand its fragments to the agent: its
+    /// slow-path meter (`meter:ID,`), or nothing where the datapath has no meters.
+    to_agent: String,
     blocks: [Range<usize>; 2],
 }
 
@@ -501,6 +531,7 @@ mod tests {
                 ports: vec![(Protocol::Udp, 10000, 10099)],
             }],
             egress_limit: None,
+            meters_available: true,
         }
     }
 
@@ -517,7 +548,8 @@ mod tests {
                 })
                 .collect();
             assert_eq!(punt.len(), 1, "type {ty}: {}", t.render());
-            assert_eq!(punt[0].actions, "meter:65537,controller(max_len=65535)");
+            // Through the uplink's ICMP error meter, not the one its fragments pass.
+            assert_eq!(punt[0].actions, "meter:131073,controller(max_len=65535)");
             // Above the catch-all to the host and the echo replies; TCP/UDP never match it.
             assert!(punt[0].priority > 150);
         }
@@ -572,11 +604,20 @@ mod tests {
                 (REASSEMBLED_WHOLE.into(), "resubmit(,10)".into()),
                 (
                     REASSEMBLED_FRAGMENT.into(),
-                    "controller(max_len=65535)".into()
+                    "meter:65537,controller(max_len=65535)".into()
                 )
             ]
         );
-        assert_eq!(after_conntrack(table::FRAGMENT_OUT)[0].1, "resubmit(,20)");
+        assert_eq!(
+            after_conntrack(table::FRAGMENT_OUT),
+            [
+                (REASSEMBLED_WHOLE.into(), "resubmit(,20)".into()),
+                (
+                    format!("{REASSEMBLED_FRAGMENT},in_port=2"),
+                    "meter:65538,controller(max_len=65535)".into()
+                )
+            ]
+        );
         // Going back cannot loop: only fragments go to reassembly, and these are whole.
         let reassembly: Vec<_> = t
             .flows
@@ -585,20 +626,19 @@ mod tests {
             .filter(|f| !f.matches.contains("icmp"))
             .collect();
         assert!(reassembly.iter().all(|f| f.matches.contains("nw_frag=yes")));
-        // Fragments are metered per in-port before conntrack: the uplink's, the sandbox's; and
-        // the sandbox reassembles in a zone of its own, not the inbound one.
+        // Fragments are metered per in-port after conntrack, only on their way to the agent
+        // (above): a whole datagram the kernel datapath hands back is not. The sandbox
+        // reassembles in a zone of its own, not the inbound one.
         let actions: Vec<&str> = reassembly.iter().map(|f| f.actions).collect();
-        assert_eq!(
-            actions,
-            [
-                "meter:65537,ct(zone=29009,table=12)",
-                "meter:65538,ct(zone=2,table=21)"
-            ]
-        );
+        assert_eq!(actions, ["ct(zone=29009,table=12)", "ct(zone=2,table=21)"]);
+        // Nothing is metered on its way to conntrack or back through the port checks.
+        for f in t.flows.iter().filter(|f| f.actions.contains("meter:655")) {
+            assert!(f.actions.ends_with("controller(max_len=65535)"), "{f:?}");
+        }
     }
 
     #[test]
-    fn what_the_bridge_hands_the_agent_does_not_depend_on_the_sandboxes() {
+    fn what_the_bridge_hands_the_agent_is_the_same_for_every_sandbox() {
         let mut empty = state();
         empty.sandboxes.clear();
         let punted = |s: &BridgeState| -> Vec<Flow> {
@@ -609,9 +649,12 @@ mod tests {
                 .map(|f| f.to_flow())
                 .collect()
         };
-        assert_eq!(punted(&state()), punted(&empty));
-        // The ICMP error types, and the reassembled UDP fragments each way.
-        assert_eq!(punted(&empty).len(), ICMP_ERRORS.len() + 2);
+        // The ICMP error types and the reassembled UDP fragments inbound; outbound, each
+        // sandbox's reassembled fragments (through its own meter).
+        assert_eq!(punted(&empty).len(), ICMP_ERRORS.len() + 1);
+        let with_one = punted(&state());
+        assert_eq!(with_one.len(), ICMP_ERRORS.len() + 2);
+        assert!(punted(&empty).iter().all(|f| with_one.contains(f)));
         // The agent steers exactly the types the bridge hands it.
         assert_eq!(ICMP_ERRORS, crate::agent::icmp_errors::ERROR_TYPES);
     }
