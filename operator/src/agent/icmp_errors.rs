@@ -333,6 +333,7 @@ mod tests {
         let s = BridgeState {
             egress_limit: None,
             meters_available: true,
+            datapath: crate::flows::Datapath::Netdev,
             uplink_ofport: 1,
             shared_ip: Ipv4Addr::from(SHARED),
             shared_mac: "02:00:00:00:00:01".into(),

@@ -439,6 +439,7 @@ impl Agent {
             &self.attachments,
             self.config.sandbox_egress_limit,
             self.meters_available(&u.config.bridge),
+            crate::flows::Datapath::of_type(&self.datapath_type),
         )
     }
 

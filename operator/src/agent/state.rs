@@ -157,7 +157,9 @@ pub fn local_port_range(ports: &[(Protocol, u16, u16)]) -> Option<(u16, u16)> {
     widest(Protocol::Tcp).or_else(|| widest(Protocol::Udp))
 }
 
-/// The compiler's input for one bridge.
+/// The compiler's input for one bridge: the sandboxes and their ports from the agent's state,
+/// the rest as the agent knows it of the bridge.
+#[allow(clippy::too_many_arguments)]
 pub fn bridge_state(
     uplink: &UplinkConfig,
     uplink_ofport: u32,
@@ -166,6 +168,7 @@ pub fn bridge_state(
     attachments: &[Attachment],
     egress_limit: Option<crate::flows::MeterRate>,
     meters_available: bool,
+    datapath: crate::flows::Datapath,
 ) -> BridgeState {
     let owners = Owners::new(accepted, attachments);
     let mut sandboxes: Vec<SandboxPorts> = attachments
@@ -185,6 +188,7 @@ pub fn bridge_state(
         sandboxes,
         egress_limit,
         meters_available,
+        datapath,
     }
 }
 

@@ -60,6 +60,35 @@ pub struct BridgeState {
     /// bridge). Without them the flows name no meter at all: OVS refuses every flow that
     /// names a missing meter, so the bridge would get no flows.
     pub meters_available: bool,
+    /// The bridge's datapath: what its conntrack hands on after reassembling a fragmented
+    /// datagram decides where fragments are metered.
+    pub datapath: Datapath,
+}
+
+/// What conntrack hands on after it reassembled a fragmented UDP datagram, by datapath.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Datapath {
+    /// The userspace datapath (`netdev`): the datagram's fragments, one by one, all of which
+    /// go to the agent. Fragments are metered per in-port *before* conntrack, so that a flood
+    /// never reaches its reassembly: OVS's userspace conntrack keeps at most 1000 fragments
+    /// waiting for everyone, and a flood let through would fill it with the flooder's.
+    Netdev,
+    /// The kernel datapath (`system`): the whole datagram, which goes back through the port
+    /// checks like any datagram and never to the agent. Metering before conntrack would cap
+    /// all fragmented UDP of the node at the slow path's rate, so the meter comes after it,
+    /// on what goes to the agent only (kept for a kernel that hands on fragments).
+    System,
+}
+
+impl Datapath {
+    /// From OVS's `datapath_type`: anything but `netdev` is a kernel datapath.
+    pub fn of_type(datapath_type: &str) -> Self {
+        if datapath_type == "netdev" {
+            Datapath::Netdev
+        } else {
+            Datapath::System
+        }
+    }
 }
 
 impl BridgeState {
@@ -158,7 +187,7 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
             }
             Sandbox {
                 ofport,
-                to_agent: if s.meters_available {
+                slow_path_meter: if s.meters_available {
                     format!("meter:{},", slow_path_meter(sb.ofport))
                 } else {
                     String::new()
@@ -220,7 +249,8 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     // re-injects what it gets, and Linux quotes up to 576 bytes of the offending datagram.
     // Everything handed up passes a meter of its in-port first, where the datapath has meters
     // (see `flows::meters`): ICMP errors one of their own, so that fragments cannot crowd them
-    // out; fragments theirs after conntrack, right before `controller`.
+    // out; fragments theirs before conntrack on the userspace datapath, after it (right before
+    // `controller`) on the kernel's (see `Datapath`).
     let controller = format!("controller(max_len={ICMP_ERROR_PUNT_LEN})");
     let metered = |id: u32| {
         if s.meters_available {
@@ -229,8 +259,14 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
             String::new()
         }
     };
+    let (before_ct, after_ct) = match s.datapath {
+        Datapath::Netdev => (true, false),
+        Datapath::System => (false, true),
+    };
+    let uplink_meter = metered(slow_path_meter(s.uplink_ofport));
+    let pick = |meter: &String, here: bool| if here { meter.clone() } else { String::new() };
     let errors_to_agent = w.text(&[&metered(icmp_error_meter(s.uplink_ofport)), &controller]);
-    let fragments_to_agent = w.text(&[&metered(slow_path_meter(s.uplink_ofport)), &controller]);
+    let fragments_to_agent = w.text(&[&pick(&uplink_meter, after_ct), &controller]);
     for t in &icmp_errors {
         w.flow(
             table::FROM_UPLINK,
@@ -254,13 +290,12 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
             w.flow_ascii(table::FROM_UPLINK, 200, &prefix, tp_dst, to_sandbox[i]);
         }
     }
-    // Every fragment of a UDP datagram to the shared address is reassembled first. Not
-    // metered here: on the kernel datapath the whole datagram comes back from conntrack and
-    // never reaches the agent, so a meter before conntrack would cap all fragmented UDP.
-    let to_reassembly_in = w.text(&[&format!(
-        "ct(zone={FRAGMENT_ZONE},table={})",
-        table::FRAGMENT_IN
-    )]);
+    // Every fragment of a UDP datagram to the shared address is reassembled first: after the
+    // uplink's slow-path meter on the userspace datapath only (see `Datapath`).
+    let to_reassembly_in = w.text(&[
+        &pick(&uplink_meter, before_ct),
+        &format!("ct(zone={FRAGMENT_ZONE},table={})", table::FRAGMENT_IN),
+    ]);
     w.flow(
         table::FROM_UPLINK,
         250,
@@ -293,9 +328,9 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     }
 
     // Inbound UDP fragments of complete, well-formed datagrams (conntrack let them through):
-    // the agent steers them (see the module comment), through the uplink's slow-path meter.
-    // A datapath that hands on the whole datagram instead (the kernel's) has its ports: the
-    // inbound table steers it again, unmetered like any datagram.
+    // the agent steers them (see the module comment); on the kernel datapath through the
+    // uplink's slow-path meter here. A datapath that hands on the whole datagram instead (the
+    // kernel's) has its ports: the inbound table steers it again, unmetered like any datagram.
     w.flow(table::FRAGMENT_IN, 0, &[], drop);
     let again_inbound = w.text(&[&format!("resubmit(,{})", table::FROM_UPLINK)]);
     w.flow(table::FRAGMENT_IN, 100, &[REASSEMBLED_WHOLE], again_inbound);
@@ -384,14 +419,20 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     }
     // Every fragment of a UDP datagram a sandbox sends with the shared addresses is
     // reassembled first; then only the sandbox's own source ports pass. Its slow-path meter
-    // comes after conntrack, on what goes to the agent only (see `FRAGMENT_OUT` below).
+    // comes before conntrack on the userspace datapath, after it (on what goes to the agent
+    // only, in `FRAGMENT_OUT` below) on the kernel's.
     // Each sandbox reassembles in a zone of its own (numbered as its port): in one shared zone
     // a neighbour could complete another's datagram with a fragment of the same IP id, and
     // on the kernel datapath the whole datagram would then carry the neighbour's in-port.
     let reassembly_out = format!(",table={})", table::FRAGMENT_OUT);
     for sb in &sandboxes {
         let m = ["udp,in_port=", &sb.ofport, &from_shared, ",nw_frag=yes"];
-        let to_reassembly_out = w.text(&["ct(zone=", &sb.ofport, &reassembly_out]);
+        let to_reassembly_out = w.text(&[
+            &pick(&sb.slow_path_meter, before_ct),
+            "ct(zone=",
+            &sb.ofport,
+            &reassembly_out,
+        ]);
         w.flow(table::FROM_SANDBOX, 250, &m, to_reassembly_out);
     }
     // A sandbox sends untagged frames only: a tag would put its frames on another network of
@@ -400,8 +441,8 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     w.flow(table::FRAGMENT_OUT, 0, &[], drop);
     // A whole reassembled datagram (kernel datapath): the egress table checks its source
     // port again, as for any datagram (and its egress meter, if any, holds it there). Its
-    // fragments (userspace datapath): the agent, through the slow-path meter of the sandbox
-    // they came from (conntrack keeps the in-port).
+    // fragments (userspace datapath): the agent; on the kernel datapath through the slow-path
+    // meter of the sandbox they came from (conntrack keeps the in-port), one flow each.
     let again_outbound = w.text(&[&format!("resubmit(,{})", table::FROM_SANDBOX)]);
     w.flow(
         table::FRAGMENT_OUT,
@@ -409,10 +450,15 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
         &[REASSEMBLED_WHOLE],
         again_outbound,
     );
-    for sb in &sandboxes {
-        let to_agent = w.text(&[&sb.to_agent, &controller]);
-        let m = [REASSEMBLED_FRAGMENT, ",in_port=", &sb.ofport];
-        w.flow(table::FRAGMENT_OUT, 100, &m, to_agent);
+    if after_ct && s.meters_available {
+        for sb in &sandboxes {
+            let to_agent = w.text(&[&sb.slow_path_meter, &controller]);
+            let m = [REASSEMBLED_FRAGMENT, ",in_port=", &sb.ofport];
+            w.flow(table::FRAGMENT_OUT, 100, &m, to_agent);
+        }
+    } else {
+        let to_agent = w.text(&[&controller]);
+        w.flow(table::FRAGMENT_OUT, 100, &[REASSEMBLED_FRAGMENT], to_agent);
     }
     (w, repeats)
 }
@@ -437,9 +483,9 @@ fn owned_blocks(sandboxes: &[Sandbox], blocks: &[Vec<BlockText>; 2], k: usize) -
 /// blocks are among all (by protocol, as in `PROTOCOLS`).
 struct Sandbox {
     ofport: String,
-    /// What precedes `controller` in the actions that hand its fragments to the agent: its
-    /// slow-path meter (`meter:ID,`), or nothing where the datapath has no meters.
-    to_agent: String,
+    /// Its slow-path meter as actions begin with it (`meter:ID,`), or nothing where the
+    /// datapath has no meters.
+    slow_path_meter: String,
     blocks: [Range<usize>; 2],
 }
 
@@ -532,6 +578,7 @@ mod tests {
             }],
             egress_limit: None,
             meters_available: true,
+            datapath: crate::flows::Datapath::Netdev,
         }
     }
 
@@ -604,20 +651,11 @@ mod tests {
                 (REASSEMBLED_WHOLE.into(), "resubmit(,10)".into()),
                 (
                     REASSEMBLED_FRAGMENT.into(),
-                    "meter:65537,controller(max_len=65535)".into()
+                    "controller(max_len=65535)".into()
                 )
             ]
         );
-        assert_eq!(
-            after_conntrack(table::FRAGMENT_OUT),
-            [
-                (REASSEMBLED_WHOLE.into(), "resubmit(,20)".into()),
-                (
-                    format!("{REASSEMBLED_FRAGMENT},in_port=2"),
-                    "meter:65538,controller(max_len=65535)".into()
-                )
-            ]
-        );
+        assert_eq!(after_conntrack(table::FRAGMENT_OUT)[0].1, "resubmit(,20)");
         // Going back cannot loop: only fragments go to reassembly, and these are whole.
         let reassembly: Vec<_> = t
             .flows
@@ -626,19 +664,77 @@ mod tests {
             .filter(|f| !f.matches.contains("icmp"))
             .collect();
         assert!(reassembly.iter().all(|f| f.matches.contains("nw_frag=yes")));
-        // Fragments are metered per in-port after conntrack, only on their way to the agent
-        // (above): a whole datagram the kernel datapath hands back is not. The sandbox
-        // reassembles in a zone of its own, not the inbound one.
+        // On the userspace datapath, fragments are metered per in-port before conntrack (the
+        // uplink's, the sandbox's), so that a flood never fills its reassembly; and the
+        // sandbox reassembles in a zone of its own, not the inbound one.
         let actions: Vec<&str> = reassembly.iter().map(|f| f.actions).collect();
-        assert_eq!(actions, ["ct(zone=29009,table=12)", "ct(zone=2,table=21)"]);
-        // Nothing is metered on its way to conntrack or back through the port checks.
+        assert_eq!(
+            actions,
+            [
+                "meter:65537,ct(zone=29009,table=12)",
+                "meter:65538,ct(zone=2,table=21)"
+            ]
+        );
+    }
+
+    /// On the kernel datapath conntrack hands on the whole datagram, which must not pass the
+    /// slow path's meter: only what goes to the agent does, after conntrack.
+    #[test]
+    fn on_the_kernel_datapath_only_what_goes_to_the_agent_is_metered() {
+        let mut s = state();
+        s.datapath = Datapath::System;
+        let t = compile_bridge(&s);
+        let of = |table: u8| -> Vec<(String, String)> {
+            t.flows
+                .iter()
+                .filter(|f| f.table == table && f.priority >= 100)
+                .filter(|f| f.matches.contains("nw_frag") || f.actions.contains("ct(zone=2"))
+                .map(|f| (f.matches.to_string(), f.actions.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            of(table::FRAGMENT_IN),
+            [
+                (REASSEMBLED_WHOLE.into(), "resubmit(,10)".into()),
+                (
+                    REASSEMBLED_FRAGMENT.into(),
+                    "meter:65537,controller(max_len=65535)".into()
+                )
+            ]
+        );
+        assert_eq!(
+            of(table::FRAGMENT_OUT),
+            [
+                (REASSEMBLED_WHOLE.into(), "resubmit(,20)".into()),
+                (
+                    format!("{REASSEMBLED_FRAGMENT},in_port=2"),
+                    "meter:65538,controller(max_len=65535)".into()
+                )
+            ]
+        );
+        // Fragments go to conntrack unmetered, each way.
+        let to_conntrack: Vec<&str> = t
+            .flows
+            .iter()
+            .filter(|f| f.matches.contains("nw_frag=yes") && f.actions.contains("ct(zone="))
+            .map(|f| f.actions)
+            .collect();
+        assert_eq!(
+            to_conntrack,
+            ["ct(zone=29009,table=12)", "ct(zone=2,table=21)"]
+        );
+        // Every slow-path meter is right before `controller`; the meters are the same.
         for f in t.flows.iter().filter(|f| f.actions.contains("meter:655")) {
             assert!(f.actions.ends_with("controller(max_len=65535)"), "{f:?}");
         }
+        assert_eq!(
+            crate::flows::bridge_meters(&s),
+            crate::flows::bridge_meters(&state())
+        );
     }
 
     #[test]
-    fn what_the_bridge_hands_the_agent_is_the_same_for_every_sandbox() {
+    fn what_the_bridge_hands_the_agent_does_not_depend_on_the_sandboxes() {
         let mut empty = state();
         empty.sandboxes.clear();
         let punted = |s: &BridgeState| -> Vec<Flow> {
@@ -649,14 +745,18 @@ mod tests {
                 .map(|f| f.to_flow())
                 .collect()
         };
-        // The ICMP error types and the reassembled UDP fragments inbound; outbound, each
-        // sandbox's reassembled fragments (through its own meter).
-        assert_eq!(punted(&empty).len(), ICMP_ERRORS.len() + 1);
-        let with_one = punted(&state());
-        assert_eq!(with_one.len(), ICMP_ERRORS.len() + 2);
-        assert!(punted(&empty).iter().all(|f| with_one.contains(f)));
+        assert_eq!(punted(&state()), punted(&empty));
+        // The ICMP error types, and the reassembled UDP fragments each way.
+        assert_eq!(punted(&empty).len(), ICMP_ERRORS.len() + 2);
         // The agent steers exactly the types the bridge hands it.
         assert_eq!(ICMP_ERRORS, crate::agent::icmp_errors::ERROR_TYPES);
+        // On the kernel datapath, outbound fragments go up through each sandbox's own meter.
+        let kernel = |mut s: BridgeState| {
+            s.datapath = Datapath::System;
+            punted(&s).len()
+        };
+        assert_eq!(kernel(empty.clone()), ICMP_ERRORS.len() + 1);
+        assert_eq!(kernel(state()), ICMP_ERRORS.len() + 2);
     }
 
     #[test]

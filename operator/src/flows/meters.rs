@@ -135,6 +135,7 @@ mod tests {
                 .collect(),
             egress_limit,
             meters_available: true,
+            datapath: crate::flows::Datapath::Netdev,
         }
     }
 
