@@ -73,21 +73,24 @@ impl IcmpRelay {
         maps.get(bridge).map(|m| m.uplink_ofport)
     }
 
-    /// Starts the supervised monitor of `bridge`, for the life of the process.
-    pub fn start(&self, bridge: &str) -> std::io::Result<()> {
+    /// Starts the supervised monitor of `bridge`, for the life of the process, with its
+    /// control socket in `control_dir` (see `monitor::control_dir`), made 0700 first.
+    pub fn start(&self, bridge: &str, control_dir: &std::path::Path) -> std::io::Result<()> {
+        crate::ovs::monitor::ensure_private_dir(control_dir)?;
         let relay = self.clone();
         let bridge = bridge.to_string();
+        let control_dir = control_dir.to_path_buf();
         std::thread::Builder::new()
             .name(format!("icmp-{bridge}"))
-            .spawn(move || relay.supervise(&bridge))
+            .spawn(move || relay.supervise(&bridge, &control_dir))
             .map(|_| ())
     }
 
-    fn supervise(&self, bridge: &str) {
+    fn supervise(&self, bridge: &str, control_dir: &std::path::Path) {
         let mut backoff = MIN_BACKOFF;
         loop {
             let started = Instant::now();
-            let why = self.run_monitor(bridge);
+            let why = self.run_monitor(bridge, control_dir);
             if started.elapsed() >= STABLE {
                 backoff = MIN_BACKOFF;
             }
@@ -98,8 +101,8 @@ impl IcmpRelay {
     }
 
     /// Runs one monitor until its output ends; returns why it ended.
-    fn run_monitor(&self, bridge: &str) -> String {
-        let (monitor, stderr) = match Monitor::start(bridge) {
+    fn run_monitor(&self, bridge: &str, control_dir: &std::path::Path) -> String {
+        let (monitor, stderr) = match Monitor::start(bridge, control_dir) {
             Ok(m) => m,
             Err(e) => return format!("ovs-ofctl monitor did not start: {e}"),
         };

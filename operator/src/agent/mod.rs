@@ -519,7 +519,8 @@ impl Agent {
     /// sandbox (or host) whose traffic they are about.
     pub fn start_icmp_relay(&self) -> std::io::Result<()> {
         for u in &self.uplinks {
-            self.icmp_relay.start(&u.config.bridge)?;
+            let control_dir = ovs::monitor::control_dir(&self.config.socket);
+            self.icmp_relay.start(&u.config.bridge, &control_dir)?;
         }
         Ok(())
     }
