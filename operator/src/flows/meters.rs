@@ -3,9 +3,10 @@
 //! Three kinds. A sandbox's egress meter (id = its OpenFlow port) holds what it sends to the
 //! agent config's `sandboxEgressLimit`, when there is one. Slow-path meters (id =
 //! `SLOW_PATH_METER_BASE` + the port) are always there: every UDP fragment the bridge hands
-//! the agent passes the meter of the port it came in on, right before `controller` (after
-//! conntrack: a datapath that reassembles whole datagrams, the kernel's, hands the agent
-//! nothing and meters nothing). Inbound ICMP errors have meters of their own (id =
+//! the agent passes the meter of the port it came in on: before conntrack on the userspace
+//! datapath (a flood must not reach its reassembly), after it, right before `controller`, on
+//! the kernel's (which hands on whole datagrams, never to be capped at the slow path's rate;
+//! see `flows::Datapath`). Inbound ICMP errors have meters of their own (id =
 //! `ICMP_ERROR_METER_BASE` + the uplink's port), so that a peer sending tiny fragments cannot
 //! starve the node's path-MTU errors. The agent can pass on a few thousand packets per second
 //! at most; without a meter per in-port, one sandbox sending fragmented datagrams from its own
