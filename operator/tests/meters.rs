@@ -318,6 +318,13 @@ fn past_a_wide_open_meter_the_agent_alone_holds_a_sandbox_flooding_fragments() {
         "web2 sent {flooded} fragmented datagrams in 3 s past its open meter (which dropped {meter_dropped}): {flood_got} arrived whole; the agent took {web2_taken} of its fragments and dropped {web2_over} over its budget. web1's paced {paced}: {paced_got} arrived whole, the agent took {web1_taken} of its fragments and dropped {web1_dropped}"
     );
     assert_eq!(meter_dropped, 0, "web2's meter was open");
+    // The agent read OVS's meter features (the userspace datapath has meters) without trouble.
+    let log = tb.agent_log();
+    assert!(
+        !log.contains("could not ask OVS whether the datapath has meters")
+            && !log.contains("has no OpenFlow meters"),
+        "{log}"
+    );
     assert_eq!(
         paced_got,
         paced,
