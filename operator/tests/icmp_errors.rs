@@ -230,3 +230,101 @@ fn port_unreachable_about_the_hosts_own_datagram_reaches_the_host() {
         );
     }
 }
+
+/// The packets meter `id` on br-up1 let through and dropped, from `ovs-ofctl meter-stats`.
+fn meter_counts(tb: &Testbed, id: u32) -> (u64, u64) {
+    let stats = tb
+        .node_cmd(
+            "ovs-ofctl",
+            &[
+                "-O",
+                "OpenFlow14",
+                "meter-stats",
+                "br-up1",
+                &format!("meter={id}"),
+            ],
+        )
+        .unwrap();
+    // "meter:65537 flow_count:1 packet_in_count:1234 ... 0: packet_count:1000 ..."
+    let number = |after: &str| -> u64 {
+        stats
+            .split(after)
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (number("packet_in_count:"), number("0: packet_count:"))
+}
+
+/// A remote sender floods the uplink with fragmented datagrams (to web1's port: each is
+/// handed to the agent fragment by fragment) far beyond the uplink's slow-path meter, while
+/// web2 sends datagrams to a closed port of the peer: each still gets its "port unreachable",
+/// which goes up to the agent on the same in-port, through a meter and a budget of its own.
+/// When errors shared the fragments' meter, the flood left each about one chance in fifteen.
+/// (Port unreachable rather than fragmentation needed, which would take a router with a
+/// smaller MTU between peer and node: both are ICMP errors on the same flow and meter.)
+#[test]
+fn a_fragment_flood_from_the_uplink_does_not_starve_icmp_errors() {
+    use portiso::flows::meters::{icmp_error_meter, slow_path_meter};
+    let tb = two_udp_sandboxes("pderfl");
+    let uplink = common::node::ofport(&tb, "up1") as u32;
+    let flood = {
+        let outside = tb.outside.clone();
+        std::thread::spawn(move || {
+            run_in(&outside, move || {
+                let s = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 7000))).unwrap();
+                let to = SocketAddr::from(([198, 51, 100, 1], 10005));
+                // 2000 datagrams (6000 fragments) a second for 5 s: fifteen times the uplink's
+                // fragment meter, well within what the datapath forwards (a flood at full
+                // speed would overrun the uplink's receive queue, errors and all, before OVS
+                // could tell them apart).
+                let start = Instant::now();
+                let mut sent = 0u32;
+                while start.elapsed() < Duration::from_secs(5) {
+                    for _ in 0..2 {
+                        if s.send_to(&[9; 3000], to).is_ok() {
+                            sent += 1;
+                        }
+                    }
+                    let next = start + Duration::from_micros(u64::from(sent) * 500);
+                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                sent
+            })
+            .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let web2 = tb.sandbox_ns("web2");
+    let mut refused = 0;
+    for port in [10150, 10151, 10152, 10153, 10154] {
+        let s = connected_udp(&web2, port);
+        let heard = send_and_listen(&s);
+        if matches!(&heard, Err(e) if e.kind() == ErrorKind::ConnectionRefused) {
+            refused += 1;
+        } else {
+            eprintln!("web2's datagram from {port} heard {heard:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let sent = flood.join().unwrap();
+    let (fragments_in, fragments_dropped) = meter_counts(&tb, slow_path_meter(uplink));
+    let (_, errors_dropped) = meter_counts(&tb, icmp_error_meter(uplink));
+    eprintln!(
+        "the peer sent {sent} fragmented datagrams; the uplink's fragment meter dropped {fragments_dropped} of {fragments_in} fragments, its ICMP error meter {errors_dropped}; web2 heard {refused} of 5 errors"
+    );
+    assert!(
+        fragments_dropped > 1000,
+        "the flood went past the uplink's fragment meter"
+    );
+    assert_eq!(
+        refused,
+        5,
+        "every error reached web2 through the flood; agent log:\n{}",
+        tb.agent_log()
+    );
+    assert_eq!(errors_dropped, 0);
+}

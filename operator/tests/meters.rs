@@ -4,7 +4,9 @@
 //!
 //! A flood of fragmented datagrams, which the agent passes on one packet at a time, without
 //! any limit configured: the flooder's slow-path meter holds it, and its neighbour's
-//! fragmented datagrams still arrive whole.
+//! fragmented datagrams still arrive whole. That alone would pass on the OVS meters only, so a
+//! second test opens the flooder's meter wide and checks, from the agent's metrics, that the
+//! agent's own budget per in-port held the flooder and took every fragment of its neighbour.
 
 mod common;
 
@@ -13,7 +15,8 @@ use common::node::sandbox_ofport;
 use common::testbed_with;
 use portiso::testbed::netns::run_in;
 use portiso::testbed::Testbed;
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 const RATE: u32 = 1000;
@@ -209,4 +212,133 @@ fn a_sandbox_flooding_fragments_cannot_starve_its_neighbours_fragments() {
         "web2 held to its slow path: {flood_got} arrived, at most {bound} allowed"
     );
     assert!(drops > 0, "web2's slow-path meter counted its drops");
+}
+
+/// One series' value from the agent's metrics page at `addr` (0 when absent).
+fn metric(tb: &Testbed, addr: SocketAddr, series: &str) -> f64 {
+    let page = run_in(&tb.node, move || -> std::io::Result<String> {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        Ok(reply)
+    })
+    .unwrap()
+    .unwrap_or_else(|e| panic!("scrape {addr}: {e}"));
+    page.lines()
+        .find_map(|l| {
+            let (s, v) = l.rsplit_once(' ')?;
+            (s == series).then(|| v.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// The agent's count of `result` for fragments from `in_port` on br-up1.
+fn slow_path(tb: &Testbed, addr: SocketAddr, in_port: i64, result: &str) -> f64 {
+    metric(
+        tb,
+        addr,
+        &format!("portiso_agent_slow_path_packets_total{{bridge=\"br-up1\",in_port=\"{in_port}\",kind=\"fragment\",result=\"{result}\"}}"),
+    )
+}
+
+/// Opens the flooder's slow-path meter wide, so that only the agent's budget per in-port stands
+/// between its fragments and its neighbour's. The flood is paced (600 fragments a second, well
+/// within what OVS's conntrack reassembles: a flood at full speed past the meter would fill its
+/// reassembly, for everyone, before the agent saw anything), three times the agent's budget for
+/// one sandbox. With one budget for all in-ports (the agent's fair share disabled), web1's
+/// fragments would share it with web2's and most of its datagrams arrive incomplete.
+#[test]
+fn past_a_wide_open_meter_the_agent_alone_holds_a_sandbox_flooding_fragments() {
+    use portiso::flows::meters::{slow_path_meter, SANDBOX_SLOW_PATH};
+    let mut tb = testbed_with("mtrfair", &web_ranges(), None, |_| {});
+    tb.kill_agent();
+    let port = run_in(&tb.node, || {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+    })
+    .unwrap()
+    .unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    tb.start_agent_with(&["--metrics-addr", &addr.to_string()], &[])
+        .unwrap();
+    attach_web(&mut tb);
+    let (web1, web2) = (sandbox_ofport(&tb, "web1"), sandbox_ofport(&tb, "web2"));
+    let web2_meter = slow_path_meter(web2 as u32);
+    tb.node_cmd(
+        "ovs-ofctl",
+        &[
+            "-O",
+            "OpenFlow14",
+            "mod-meter",
+            "br-up1",
+            &format!("meter={web2_meter},pktps,burst,stats,bands=type=drop,rate=1000000,burst_size=1000000"),
+        ],
+    )
+    .unwrap();
+
+    const BIG: usize = 4000;
+    let window = Duration::from_secs(6);
+    let flood_seen = peer_counter_of(&tb, 8095, window, BIG);
+    let paced_seen = peer_counter_of(&tb, 8096, window, BIG);
+    // web2: 200 datagrams (600 fragments) a second for 3 s; web1: 30 at 10 a second.
+    let flood = {
+        let ns = tb.sandbox_ns("web2");
+        std::thread::spawn(move || {
+            paced(
+                &ns,
+                10150,
+                8095,
+                vec![7; BIG],
+                600,
+                Duration::from_millis(5),
+            )
+        })
+    };
+    let paced = paced(
+        &tb.sandbox_ns("web1"),
+        10050,
+        8096,
+        vec![1; BIG],
+        30,
+        Duration::from_millis(100),
+    );
+    let flooded = flood.join().unwrap();
+    let (flood_got, paced_got) = (flood_seen.join().unwrap(), paced_seen.join().unwrap());
+    let meter_dropped = meter_drops(&tb, i64::from(web2_meter));
+    let count = |in_port, result| slow_path(&tb, addr, in_port, result);
+    let (web1_taken, web1_dropped) = (
+        count(web1, "taken"),
+        count(web1, "over_budget") + count(web1, "queue_full"),
+    );
+    let (web2_taken, web2_over) = (count(web2, "taken"), count(web2, "over_budget"));
+    eprintln!(
+        "web2 sent {flooded} fragmented datagrams in 3 s past its open meter (which dropped {meter_dropped}): {flood_got} arrived whole; the agent took {web2_taken} of its fragments and dropped {web2_over} over its budget. web1's paced {paced}: {paced_got} arrived whole, the agent took {web1_taken} of its fragments and dropped {web1_dropped}"
+    );
+    assert_eq!(meter_dropped, 0, "web2's meter was open");
+    // The agent read OVS's meter features (the userspace datapath has meters) without trouble.
+    let log = tb.agent_log();
+    assert!(
+        !log.contains("could not ask OVS whether the datapath has meters")
+            && !log.contains("has no OpenFlow meters"),
+        "{log}"
+    );
+    assert_eq!(
+        paced_got,
+        paced,
+        "web1's fragmented datagrams are not starved by the agent; agent log:\n{}",
+        tb.agent_log()
+    );
+    assert_eq!(web1_dropped, 0.0, "the agent dropped none of web1's");
+    assert_eq!(web1_taken, 3.0 * paced as f64, "three fragments a datagram");
+    // The agent held web2 to its budget per in-port: (rate + burst) in each one-second window
+    // the 3 s flood touches, with room for a late start.
+    let per_second = f64::from(SANDBOX_SLOW_PATH.packets_per_second + SANDBOX_SLOW_PATH.burst);
+    assert!(web2_over > 0.0, "the agent dropped some of web2's");
+    assert!(
+        web2_taken <= 5.0 * per_second,
+        "web2 held to the agent's budget: {web2_taken} taken"
+    );
 }

@@ -332,6 +332,8 @@ mod tests {
     fn the_port_map_follows_the_compilers_input() {
         let s = BridgeState {
             egress_limit: None,
+            meters_available: true,
+            datapath: crate::flows::Datapath::Netdev,
             uplink_ofport: 1,
             shared_ip: Ipv4Addr::from(SHARED),
             shared_mac: "02:00:00:00:00:01".into(),

@@ -1,6 +1,6 @@
 //! The slow path for what OpenFlow cannot steer: per bridge, a thread runs `ovs-ofctl
 //! monitor`, reads what the bridge hands to the controller (inbound ICMP errors, and UDP
-//! fragments in both directions) and queues it per in-port (`slow_path`); a second thread
+//! fragments in both directions) and queues it per in-port and kind (`slow_path`); a second thread
 //! takes the queues in turn, asks `icmp_errors::steer` or `fragments::Fragments::steer` where
 //! each packet goes and sends it back into the bridge towards that sandbox, the uplink or the
 //! host, over the monitor's own OpenFlow connection. The reader never waits for the sender,
@@ -13,7 +13,7 @@
 
 use super::fragments::{is_udp_fragment, Fragments};
 use super::icmp_errors::{steer, PortMap};
-use super::slow_path::{Budget, FairQueue};
+use super::slow_path::{Budget, Counts, FairQueue, Key, Kind, Stats};
 use crate::ovs::monitor::{Monitor, PacketIn, PacketInParser, PacketSender, Parsed};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -39,6 +39,8 @@ type SharedBacklog = Arc<(Mutex<Backlog>, Condvar)>;
 #[derive(Clone, Default)]
 pub struct IcmpRelay {
     maps: Arc<RwLock<BTreeMap<String, PortMap>>>,
+    /// What the readers did with each bridge's packets, per in-port and kind.
+    stats: Arc<Mutex<Stats>>,
 }
 
 impl IcmpRelay {
@@ -51,6 +53,16 @@ impl IcmpRelay {
         }
     }
 
+    /// The slow path's counts so far, for the agent's metrics.
+    pub fn stats(&self) -> Stats {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(super) fn count(&self, bridge: &str, key: Key, what: impl FnOnce(&mut Counts)) {
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        what(stats.entry((bridge.to_string(), key)).or_default());
+    }
+
     fn map(&self, bridge: &str) -> Option<PortMap> {
         let maps = self.maps.read().unwrap_or_else(|p| p.into_inner());
         maps.get(bridge).cloned()
@@ -61,21 +73,24 @@ impl IcmpRelay {
         maps.get(bridge).map(|m| m.uplink_ofport)
     }
 
-    /// Starts the supervised monitor of `bridge`, for the life of the process.
-    pub fn start(&self, bridge: &str) -> std::io::Result<()> {
+    /// Starts the supervised monitor of `bridge`, for the life of the process, with its
+    /// control socket in `control_dir` (see `monitor::control_dir`), made 0700 first.
+    pub fn start(&self, bridge: &str, control_dir: &std::path::Path) -> std::io::Result<()> {
+        crate::ovs::monitor::ensure_private_dir(control_dir)?;
         let relay = self.clone();
         let bridge = bridge.to_string();
+        let control_dir = control_dir.to_path_buf();
         std::thread::Builder::new()
             .name(format!("icmp-{bridge}"))
-            .spawn(move || relay.supervise(&bridge))
+            .spawn(move || relay.supervise(&bridge, &control_dir))
             .map(|_| ())
     }
 
-    fn supervise(&self, bridge: &str) {
+    fn supervise(&self, bridge: &str, control_dir: &std::path::Path) {
         let mut backoff = MIN_BACKOFF;
         loop {
             let started = Instant::now();
-            let why = self.run_monitor(bridge);
+            let why = self.run_monitor(bridge, control_dir);
             if started.elapsed() >= STABLE {
                 backoff = MIN_BACKOFF;
             }
@@ -86,8 +101,8 @@ impl IcmpRelay {
     }
 
     /// Runs one monitor until its output ends; returns why it ended.
-    fn run_monitor(&self, bridge: &str) -> String {
-        let (monitor, stderr) = match Monitor::start(bridge) {
+    fn run_monitor(&self, bridge: &str, control_dir: &std::path::Path) -> String {
+        let (monitor, stderr) = match Monitor::start(bridge, control_dir) {
             Ok(m) => m,
             Err(e) => return format!("ovs-ofctl monitor did not start: {e}"),
         };
@@ -146,23 +161,30 @@ impl IcmpRelay {
                 }
                 Parsed::Packet(p) => {
                     let uplink = self.uplink_ofport(bridge).unwrap_or(0);
-                    let in_port = p.in_port.unwrap_or(uplink);
-                    let (allowed, dropped) = budget.allow(in_port, uplink, Instant::now());
+                    let key = Key {
+                        in_port: p.in_port.unwrap_or(uplink),
+                        kind: Kind::of(&p),
+                    };
+                    let (allowed, dropped) = budget.allow(key, uplink, Instant::now());
                     if dropped > 0 {
                         tracing::warn!(%bridge, dropped, "too many ICMP errors and fragments in a second; dropped the excess");
                     }
-                    if allowed {
-                        let (lock, wake) = &**backlog;
-                        let queued = lock
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .queue
-                            .push(in_port, p);
-                        if queued {
-                            wake.notify_one();
-                        } else {
-                            tracing::debug!(%bridge, in_port, "slow-path queue of the port full; dropped");
-                        }
+                    if !allowed {
+                        self.count(bridge, key, |c| c.over_budget += 1);
+                        continue;
+                    }
+                    let (lock, wake) = &**backlog;
+                    let queued = lock
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .queue
+                        .push(key, p);
+                    if queued {
+                        self.count(bridge, key, |c| c.taken += 1);
+                        wake.notify_one();
+                    } else {
+                        self.count(bridge, key, |c| c.queue_full += 1);
+                        tracing::debug!(%bridge, in_port = key.in_port, kind = key.kind.label(), "slow-path queue of the port full; dropped");
                     }
                 }
             }

@@ -52,6 +52,8 @@ pub struct Snapshot {
     /// Per bridge, the flows the agent installed there; None while it does not trust what it
     /// knows (after a failed bundle, until the next full resync).
     installed_flows: Vec<(String, Option<usize>)>,
+    /// What the slow path did with the packets each bridge handed up, per in-port and kind.
+    slow_path: super::slow_path::Stats,
 }
 
 impl Agent {
@@ -73,6 +75,7 @@ impl Agent {
             node: self.describe(),
             accepted: self.accepted.len(),
             installed_flows,
+            slow_path: self.icmp_relay.stats(),
         }
     }
 }
@@ -222,6 +225,31 @@ pub fn render(m: &AgentMetrics, s: &Snapshot) -> String {
             }
         }
     }
+    if !s.slow_path.is_empty() {
+        let mut slow_path = page.family(
+            "portiso_agent_slow_path_packets_total",
+            Kind::Counter,
+            "Packets the bridge handed the agent (UDP fragments, ICMP errors), per in-port and kind: taken, or dropped over the in-port's budget or with its queue full.",
+        );
+        for ((bridge, key), c) in &s.slow_path {
+            let in_port = key.in_port.to_string();
+            for (result, n) in [
+                ("taken", c.taken),
+                ("over_budget", c.over_budget),
+                ("queue_full", c.queue_full),
+            ] {
+                slow_path.sample(
+                    &[
+                        ("bridge", bridge.as_str()),
+                        ("in_port", in_port.as_str()),
+                        ("kind", key.kind.label()),
+                        ("result", result),
+                    ],
+                    n,
+                );
+            }
+        }
+    }
     for w in &node.warnings {
         tracing::debug!(warning = %w, "metrics scrape incomplete");
     }
@@ -304,5 +332,27 @@ mod tests {
             "{page}"
         );
         assert!(!page.contains("portiso_agent_flows{"), "{page}");
+    }
+
+    #[test]
+    fn the_slow_path_is_counted_per_in_port_and_kind() {
+        use crate::agent::slow_path::{Key, Kind};
+        let a = agent(Arc::new(FakeOvs::default()));
+        let page = render(&a.metrics, &a.metrics_snapshot());
+        assert!(!page.contains("slow_path"), "{page}");
+        let web2 = Key {
+            in_port: 3,
+            kind: Kind::Fragment,
+        };
+        a.icmp_relay.count("br-eth1", web2, |c| c.taken += 2);
+        a.icmp_relay.count("br-eth1", web2, |c| c.over_budget += 5);
+        let page = render(&a.metrics, &a.metrics_snapshot());
+        for line in [
+            "portiso_agent_slow_path_packets_total{bridge=\"br-eth1\",in_port=\"3\",kind=\"fragment\",result=\"taken\"} 2\n",
+            "portiso_agent_slow_path_packets_total{bridge=\"br-eth1\",in_port=\"3\",kind=\"fragment\",result=\"over_budget\"} 5\n",
+            "portiso_agent_slow_path_packets_total{bridge=\"br-eth1\",in_port=\"3\",kind=\"fragment\",result=\"queue_full\"} 0\n",
+        ] {
+            assert!(page.contains(line), "{line:?} in:\n{page}");
+        }
     }
 }

@@ -89,6 +89,8 @@ pub struct Agent {
     /// The meters each bridge holds since the last reconcile (see `meters`), trusted only
     /// while the installed cookies are.
     meters: std::sync::Mutex<BTreeMap<String, Vec<crate::flows::Meter>>>,
+    /// Whether each bridge's datapath has meters, once asked (see `meters`).
+    meter_support: std::sync::Mutex<BTreeMap<String, bool>>,
     /// When OVS was last re-read in full (ports, numbers, every flow).
     last_full_resync: std::time::Instant,
     /// Counted as the agent works; shared with the metrics endpoint, which reads it without
@@ -226,6 +228,7 @@ impl Agent {
             fast_path_off,
             installed: Default::default(),
             meters: Default::default(),
+            meter_support: Default::default(),
             last_full_resync: std::time::Instant::now(),
             metrics: Default::default(),
         };
@@ -446,6 +449,8 @@ impl Agent {
             &self.accepted,
             &self.attachments,
             self.config.sandbox_egress_limit,
+            self.meters_available(&u.config.bridge),
+            crate::flows::Datapath::of_type(&self.datapath_type),
         )
     }
 
@@ -534,7 +539,8 @@ impl Agent {
     /// sandbox (or host) whose traffic they are about.
     pub fn start_icmp_relay(&self) -> std::io::Result<()> {
         for u in &self.uplinks {
-            self.icmp_relay.start(&u.config.bridge)?;
+            let control_dir = ovs::monitor::control_dir(&self.config.socket);
+            self.icmp_relay.start(&u.config.bridge, &control_dir)?;
         }
         Ok(())
     }
@@ -620,6 +626,7 @@ mod tests {
             fast_path_off: "off: test".into(),
             installed: Default::default(),
             meters: Default::default(),
+            meter_support: Default::default(),
             last_full_resync: std::time::Instant::now(),
             metrics: Default::default(),
         }
@@ -645,7 +652,8 @@ mod tests {
 
     #[test]
     fn each_sandbox_gets_its_own_meter_and_loses_it_with_its_flows() {
-        use crate::flows::meters::{slow_path_meter, SANDBOX_SLOW_PATH, UPLINK_SLOW_PATH};
+        use crate::flows::meters::{icmp_error_meter, slow_path_meter, SANDBOX_SLOW_PATH};
+        use crate::flows::meters::{UPLINK_ICMP_ERRORS, UPLINK_SLOW_PATH};
         use crate::flows::MeterRate;
         let ovs = Arc::new(FakeOvs::default());
         let mut a = agent(ovs.clone());
@@ -660,6 +668,7 @@ mod tests {
             (slow_path_meter(1), UPLINK_SLOW_PATH),
             (slow_path_meter(2), SANDBOX_SLOW_PATH),
             (slow_path_meter(3), SANDBOX_SLOW_PATH),
+            (icmp_error_meter(1), UPLINK_ICMP_ERRORS),
         ];
         let with = |egress: &[(u32, MeterRate)]| {
             crate::ovs::fake::Meters::from_iter(slow_path.iter().chain(egress).copied())
@@ -689,7 +698,7 @@ mod tests {
         a.reconcile_all().unwrap();
         assert_eq!(
             meters(&ovs).into_keys().collect::<Vec<_>>(),
-            [slow_path_meter(1), slow_path_meter(2)]
+            [slow_path_meter(1), slow_path_meter(2), icmp_error_meter(1)]
         );
     }
 

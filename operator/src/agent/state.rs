@@ -157,7 +157,9 @@ pub fn local_port_range(ports: &[(Protocol, u16, u16)]) -> Option<(u16, u16)> {
     widest(Protocol::Tcp).or_else(|| widest(Protocol::Udp))
 }
 
-/// The compiler's input for one bridge.
+/// The compiler's input for one bridge: the sandboxes and their ports from the agent's state,
+/// the rest as the agent knows it of the bridge.
+#[allow(clippy::too_many_arguments)]
 pub fn bridge_state(
     uplink: &UplinkConfig,
     uplink_ofport: u32,
@@ -165,6 +167,8 @@ pub fn bridge_state(
     accepted: &[PortRange],
     attachments: &[Attachment],
     egress_limit: Option<crate::flows::MeterRate>,
+    meters_available: bool,
+    datapath: crate::flows::Datapath,
 ) -> BridgeState {
     let owners = Owners::new(accepted, attachments);
     let mut sandboxes: Vec<SandboxPorts> = attachments
@@ -183,6 +187,8 @@ pub fn bridge_state(
         shared_mac: mac.to_string(),
         sandboxes,
         egress_limit,
+        meters_available,
+        datapath,
     }
 }
 

@@ -56,6 +56,8 @@ pub fn bridge_state(ranges: usize) -> BridgeState {
     }
     BridgeState {
         egress_limit: None,
+        meters_available: true,
+        datapath: crate::flows::Datapath::Netdev,
         uplink_ofport: 1,
         shared_ip: Ipv4Addr::new(198, 51, 100, 1),
         shared_mac: "02:00:00:00:00:01".into(),

@@ -115,8 +115,9 @@ pub fn compile(
                     (bits, PortKey::new(uplink_ifindex, protocol, block.value)),
                     ifindex,
                 );
-                // A metered sandbox sends through OVS, where its meter is.
-                if s.egress_limit.is_none() {
+                // A metered sandbox sends through OVS, where its meter is (where there is none,
+                // nothing holds it, in OVS or here).
+                if s.egress_meter().is_none() {
                     m.egress
                         .insert((bits, PortKey::new(ifindex, protocol, block.value)));
                 }
@@ -157,6 +158,8 @@ mod tests {
     fn state() -> BridgeState {
         BridgeState {
             egress_limit: None,
+            meters_available: true,
+            datapath: crate::flows::Datapath::Netdev,
             uplink_ofport: 1,
             shared_ip: Ipv4Addr::new(198, 51, 100, 1),
             shared_mac: "02:00:00:00:00:01".into(),

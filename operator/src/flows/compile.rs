@@ -19,7 +19,7 @@
 //! to the host, which drops them unassembled.
 
 use super::flow::{FlowTable, FlowTableBuilder, Span};
-use super::meters::{slow_path_meter, MeterRate};
+use super::meters::{icmp_error_meter, slow_path_meter, MeterRate};
 use super::table;
 use crate::model::ports::{cover_iter, PortBlock};
 use crate::model::Protocol;
@@ -53,8 +53,49 @@ pub struct BridgeState {
     pub shared_mac: String,
     pub sandboxes: Vec<SandboxPorts>,
     /// What a sandbox may send per second, through its own OpenFlow meter (numbered as its
-    /// port) before the uplink: the agent config's `sandboxEgressLimit`.
+    /// port) before the uplink: the agent config's `sandboxEgressLimit`. Honoured only where
+    /// `meters_available`.
     pub egress_limit: Option<MeterRate>,
+    /// Whether the bridge's datapath has OpenFlow meters (the agent probes it once per
+    /// bridge). Without them the flows name no meter at all: OVS refuses every flow that
+    /// names a missing meter, so the bridge would get no flows.
+    pub meters_available: bool,
+    /// The bridge's datapath: what its conntrack hands on after reassembling a fragmented
+    /// datagram decides where fragments are metered.
+    pub datapath: Datapath,
+}
+
+/// What conntrack hands on after it reassembled a fragmented UDP datagram, by datapath.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Datapath {
+    /// The userspace datapath (`netdev`): the datagram's fragments, one by one, all of which
+    /// go to the agent. Fragments are metered per in-port *before* conntrack, so that a flood
+    /// never reaches its reassembly: OVS's userspace conntrack keeps at most 1000 fragments
+    /// waiting for everyone, and a flood let through would fill it with the flooder's.
+    Netdev,
+    /// The kernel datapath (`system`): the whole datagram, which goes back through the port
+    /// checks like any datagram and never to the agent. Metering before conntrack would cap
+    /// all fragmented UDP of the node at the slow path's rate, so the meter comes after it,
+    /// on what goes to the agent only (kept for a kernel that hands on fragments).
+    System,
+}
+
+impl Datapath {
+    /// From OVS's `datapath_type`: anything but `netdev` is a kernel datapath.
+    pub fn of_type(datapath_type: &str) -> Self {
+        if datapath_type == "netdev" {
+            Datapath::Netdev
+        } else {
+            Datapath::System
+        }
+    }
+}
+
+impl BridgeState {
+    /// The sandboxes' egress meter rate, if there is a limit and meters to hold it.
+    pub fn egress_meter(&self) -> Option<MeterRate> {
+        self.egress_limit.filter(|_| self.meters_available)
+    }
 }
 
 /// Matches a UDP datagram that conntrack reassembled without finding fault, handed on whole:
@@ -146,7 +187,11 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
             }
             Sandbox {
                 ofport,
-                slow_path_meter: slow_path_meter(sb.ofport).to_string(),
+                slow_path_meter: if s.meters_available {
+                    format!("meter:{},", slow_path_meter(sb.ofport))
+                } else {
+                    String::new()
+                },
                 blocks: ranges,
             }
         })
@@ -202,14 +247,26 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     // and sends each error on to the sandbox that owns the inner packet's source port, or to
     // the host. The whole packet goes up (max_len=65535 is "no truncation"): the agent
     // re-injects what it gets, and Linux quotes up to 576 bytes of the offending datagram.
-    // Everything handed up from the uplink passes its slow-path meter first (see
-    // `flows::meters`); fragments are metered before conntrack, so `to_agent` needs none.
-    let uplink_meter = format!("meter:{},", slow_path_meter(s.uplink_ofport));
-    let to_agent = w.text(&[&format!("controller(max_len={ICMP_ERROR_PUNT_LEN})")]);
-    let errors_to_agent = w.text(&[
-        &uplink_meter,
-        &format!("controller(max_len={ICMP_ERROR_PUNT_LEN})"),
-    ]);
+    // Everything handed up passes a meter of its in-port first, where the datapath has meters
+    // (see `flows::meters`): ICMP errors one of their own, so that fragments cannot crowd them
+    // out; fragments theirs before conntrack on the userspace datapath, after it (right before
+    // `controller`) on the kernel's (see `Datapath`).
+    let controller = format!("controller(max_len={ICMP_ERROR_PUNT_LEN})");
+    let metered = |id: u32| {
+        if s.meters_available {
+            format!("meter:{id},")
+        } else {
+            String::new()
+        }
+    };
+    let (before_ct, after_ct) = match s.datapath {
+        Datapath::Netdev => (true, false),
+        Datapath::System => (false, true),
+    };
+    let uplink_meter = metered(slow_path_meter(s.uplink_ofport));
+    let pick = |meter: &String, here: bool| if here { meter.clone() } else { String::new() };
+    let errors_to_agent = w.text(&[&metered(icmp_error_meter(s.uplink_ofport)), &controller]);
+    let fragments_to_agent = w.text(&[&pick(&uplink_meter, after_ct), &controller]);
     for t in &icmp_errors {
         w.flow(
             table::FROM_UPLINK,
@@ -233,9 +290,10 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
             w.flow_ascii(table::FROM_UPLINK, 200, &prefix, tp_dst, to_sandbox[i]);
         }
     }
-    // Every fragment of a UDP datagram to the shared address is reassembled first.
+    // Every fragment of a UDP datagram to the shared address is reassembled first: after the
+    // uplink's slow-path meter on the userspace datapath only (see `Datapath`).
     let to_reassembly_in = w.text(&[
-        &uplink_meter,
+        &pick(&uplink_meter, before_ct),
         &format!("ct(zone={FRAGMENT_ZONE},table={})", table::FRAGMENT_IN),
     ]);
     w.flow(
@@ -270,12 +328,18 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     }
 
     // Inbound UDP fragments of complete, well-formed datagrams (conntrack let them through):
-    // the agent steers them (see the module comment). A datapath that hands on the whole
-    // datagram instead (the kernel's) has its ports: the inbound table steers it again.
+    // the agent steers them (see the module comment); on the kernel datapath through the
+    // uplink's slow-path meter here. A datapath that hands on the whole datagram instead (the
+    // kernel's) has its ports: the inbound table steers it again, unmetered like any datagram.
     w.flow(table::FRAGMENT_IN, 0, &[], drop);
     let again_inbound = w.text(&[&format!("resubmit(,{})", table::FROM_UPLINK)]);
     w.flow(table::FRAGMENT_IN, 100, &[REASSEMBLED_WHOLE], again_inbound);
-    w.flow(table::FRAGMENT_IN, 100, &[REASSEMBLED_FRAGMENT], to_agent);
+    w.flow(
+        table::FRAGMENT_IN,
+        100,
+        &[REASSEMBLED_FRAGMENT],
+        fragments_to_agent,
+    );
 
     // Egress: whatever no rule below allows is dropped (and counted by this flow).
     w.flow(table::FROM_SANDBOX, 0, &[], drop);
@@ -287,7 +351,7 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     let from_sandbox: Vec<Span> = sandboxes
         .iter()
         .map(|sb| {
-            if s.egress_limit.is_some() {
+            if s.egress_meter().is_some() {
                 w.text(&["meter:", &sb.ofport, ",output:", &up])
             } else {
                 to_uplink
@@ -295,7 +359,7 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
         })
         .collect();
     let meter_of = |sb: &Sandbox| {
-        if s.egress_limit.is_some() {
+        if s.egress_meter().is_some() {
             format!("meter:{},", sb.ofport)
         } else {
             String::new()
@@ -354,8 +418,9 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
         }
     }
     // Every fragment of a UDP datagram a sandbox sends with the shared addresses is
-    // reassembled first (after the sandbox's slow-path meter: the agent passes them on);
-    // then only the sandbox's own source ports pass.
+    // reassembled first; then only the sandbox's own source ports pass. Its slow-path meter
+    // comes before conntrack on the userspace datapath, after it (on what goes to the agent
+    // only, in `FRAGMENT_OUT` below) on the kernel's.
     // Each sandbox reassembles in a zone of its own (numbered as its port): in one shared zone
     // a neighbour could complete another's datagram with a fragment of the same IP id, and
     // on the kernel datapath the whole datagram would then carry the neighbour's in-port.
@@ -363,9 +428,8 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     for sb in &sandboxes {
         let m = ["udp,in_port=", &sb.ofport, &from_shared, ",nw_frag=yes"];
         let to_reassembly_out = w.text(&[
-            "meter:",
-            &sb.slow_path_meter,
-            ",ct(zone=",
+            &pick(&sb.slow_path_meter, before_ct),
+            "ct(zone=",
             &sb.ofport,
             &reassembly_out,
         ]);
@@ -376,7 +440,9 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
     w.flow(table::FROM_SANDBOX, 300, &[VLAN_TAGGED], drop);
     w.flow(table::FRAGMENT_OUT, 0, &[], drop);
     // A whole reassembled datagram (kernel datapath): the egress table checks its source
-    // port again, as for any datagram. Its fragments (userspace datapath): the agent.
+    // port again, as for any datagram (and its egress meter, if any, holds it there). Its
+    // fragments (userspace datapath): the agent; on the kernel datapath through the slow-path
+    // meter of the sandbox they came from (conntrack keeps the in-port), one flow each.
     let again_outbound = w.text(&[&format!("resubmit(,{})", table::FROM_SANDBOX)]);
     w.flow(
         table::FRAGMENT_OUT,
@@ -384,7 +450,16 @@ fn build(s: &BridgeState) -> (FlowTableBuilder, bool) {
         &[REASSEMBLED_WHOLE],
         again_outbound,
     );
-    w.flow(table::FRAGMENT_OUT, 100, &[REASSEMBLED_FRAGMENT], to_agent);
+    if after_ct && s.meters_available {
+        for sb in &sandboxes {
+            let to_agent = w.text(&[&sb.slow_path_meter, &controller]);
+            let m = [REASSEMBLED_FRAGMENT, ",in_port=", &sb.ofport];
+            w.flow(table::FRAGMENT_OUT, 100, &m, to_agent);
+        }
+    } else {
+        let to_agent = w.text(&[&controller]);
+        w.flow(table::FRAGMENT_OUT, 100, &[REASSEMBLED_FRAGMENT], to_agent);
+    }
     (w, repeats)
 }
 
@@ -408,7 +483,8 @@ fn owned_blocks(sandboxes: &[Sandbox], blocks: &[Vec<BlockText>; 2], k: usize) -
 /// blocks are among all (by protocol, as in `PROTOCOLS`).
 struct Sandbox {
     ofport: String,
-    /// The id of its slow-path meter, as text.
+    /// Its slow-path meter as actions begin with it (`meter:ID,`), or nothing where the
+    /// datapath has no meters.
     slow_path_meter: String,
     blocks: [Range<usize>; 2],
 }
@@ -501,6 +577,8 @@ mod tests {
                 ports: vec![(Protocol::Udp, 10000, 10099)],
             }],
             egress_limit: None,
+            meters_available: true,
+            datapath: crate::flows::Datapath::Netdev,
         }
     }
 
@@ -517,7 +595,8 @@ mod tests {
                 })
                 .collect();
             assert_eq!(punt.len(), 1, "type {ty}: {}", t.render());
-            assert_eq!(punt[0].actions, "meter:65537,controller(max_len=65535)");
+            // Through the uplink's ICMP error meter, not the one its fragments pass.
+            assert_eq!(punt[0].actions, "meter:131073,controller(max_len=65535)");
             // Above the catch-all to the host and the echo replies; TCP/UDP never match it.
             assert!(punt[0].priority > 150);
         }
@@ -585,8 +664,9 @@ mod tests {
             .filter(|f| !f.matches.contains("icmp"))
             .collect();
         assert!(reassembly.iter().all(|f| f.matches.contains("nw_frag=yes")));
-        // Fragments are metered per in-port before conntrack: the uplink's, the sandbox's; and
-        // the sandbox reassembles in a zone of its own, not the inbound one.
+        // On the userspace datapath, fragments are metered per in-port before conntrack (the
+        // uplink's, the sandbox's), so that a flood never fills its reassembly; and the
+        // sandbox reassembles in a zone of its own, not the inbound one.
         let actions: Vec<&str> = reassembly.iter().map(|f| f.actions).collect();
         assert_eq!(
             actions,
@@ -594,6 +674,62 @@ mod tests {
                 "meter:65537,ct(zone=29009,table=12)",
                 "meter:65538,ct(zone=2,table=21)"
             ]
+        );
+    }
+
+    /// On the kernel datapath conntrack hands on the whole datagram, which must not pass the
+    /// slow path's meter: only what goes to the agent does, after conntrack.
+    #[test]
+    fn on_the_kernel_datapath_only_what_goes_to_the_agent_is_metered() {
+        let mut s = state();
+        s.datapath = Datapath::System;
+        let t = compile_bridge(&s);
+        let of = |table: u8| -> Vec<(String, String)> {
+            t.flows
+                .iter()
+                .filter(|f| f.table == table && f.priority >= 100)
+                .filter(|f| f.matches.contains("nw_frag") || f.actions.contains("ct(zone=2"))
+                .map(|f| (f.matches.to_string(), f.actions.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            of(table::FRAGMENT_IN),
+            [
+                (REASSEMBLED_WHOLE.into(), "resubmit(,10)".into()),
+                (
+                    REASSEMBLED_FRAGMENT.into(),
+                    "meter:65537,controller(max_len=65535)".into()
+                )
+            ]
+        );
+        assert_eq!(
+            of(table::FRAGMENT_OUT),
+            [
+                (REASSEMBLED_WHOLE.into(), "resubmit(,20)".into()),
+                (
+                    format!("{REASSEMBLED_FRAGMENT},in_port=2"),
+                    "meter:65538,controller(max_len=65535)".into()
+                )
+            ]
+        );
+        // Fragments go to conntrack unmetered, each way.
+        let to_conntrack: Vec<&str> = t
+            .flows
+            .iter()
+            .filter(|f| f.matches.contains("nw_frag=yes") && f.actions.contains("ct(zone="))
+            .map(|f| f.actions)
+            .collect();
+        assert_eq!(
+            to_conntrack,
+            ["ct(zone=29009,table=12)", "ct(zone=2,table=21)"]
+        );
+        // Every slow-path meter is right before `controller`; the meters are the same.
+        for f in t.flows.iter().filter(|f| f.actions.contains("meter:655")) {
+            assert!(f.actions.ends_with("controller(max_len=65535)"), "{f:?}");
+        }
+        assert_eq!(
+            crate::flows::bridge_meters(&s),
+            crate::flows::bridge_meters(&state())
         );
     }
 
@@ -614,6 +750,13 @@ mod tests {
         assert_eq!(punted(&empty).len(), ICMP_ERRORS.len() + 2);
         // The agent steers exactly the types the bridge hands it.
         assert_eq!(ICMP_ERRORS, crate::agent::icmp_errors::ERROR_TYPES);
+        // On the kernel datapath, outbound fragments go up through each sandbox's own meter.
+        let kernel = |mut s: BridgeState| {
+            s.datapath = Datapath::System;
+            punted(&s).len()
+        };
+        assert_eq!(kernel(empty.clone()), ICMP_ERRORS.len() + 1);
+        assert_eq!(kernel(state()), ICMP_ERRORS.len() + 2);
     }
 
     #[test]

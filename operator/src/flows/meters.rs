@@ -1,13 +1,22 @@
 //! The OpenFlow meters a bridge needs: pure, like the flows that name them.
 //!
-//! Two kinds. A sandbox's egress meter (id = its OpenFlow port) holds what it sends to the
+//! Three kinds. A sandbox's egress meter (id = its OpenFlow port) holds what it sends to the
 //! agent config's `sandboxEgressLimit`, when there is one. Slow-path meters (id =
-//! `SLOW_PATH_METER_BASE` + the port) are always there: everything the bridge hands the agent
-//! (UDP fragments, inbound ICMP errors) passes the meter of the port it came in on first.
-//! The agent passes each such packet on with a process of its own, so a few hundred per
-//! second is all it can do; without a meter per in-port, one sandbox sending fragmented
-//! datagrams from its own ports (or a peer flooding the uplink with them) would fill OVS's
-//! queue to the agent and starve every other sandbox's fragments and ICMP errors.
+//! `SLOW_PATH_METER_BASE` + the port) are always there: every UDP fragment the bridge hands
+//! the agent passes the meter of the port it came in on: before conntrack on the userspace
+//! datapath (a flood must not reach its reassembly), after it, right before `controller`, on
+//! the kernel's (which hands on whole datagrams, never to be capped at the slow path's rate;
+//! see `flows::Datapath`). Inbound ICMP errors have meters of their own (id =
+//! `ICMP_ERROR_METER_BASE` + the uplink's port), so that a peer sending tiny fragments cannot
+//! starve the node's path-MTU errors. The agent can pass on a few thousand packets per second
+//! at most; without a meter per in-port, one sandbox sending fragmented datagrams from its own
+//! ports (or a peer flooding the uplink with them) would fill OVS's queue to the agent and
+//! starve every other sandbox's fragments and ICMP errors.
+//!
+//! A datapath without meters (`meter-features` reports `max_meter:0`, as some kernel
+//! datapaths do) gets none of them: `BridgeState::meters_available` is false, the flows name
+//! no meter (OVS refuses a flow naming a meter that does not exist) and the agent's own
+//! per-in-port budget (`agent::slow_path`) is the only bound on the slow path.
 
 use super::BridgeState;
 
@@ -43,9 +52,24 @@ pub const UPLINK_SLOW_PATH: MeterRate = MeterRate {
     burst: 400,
 };
 
+/// ICMP error meter ids start above every slow-path meter id.
+pub const ICMP_ERROR_METER_BASE: u32 = 0x2_0000;
+
+/// What may come up from the uplink as ICMP errors (fragmentation needed, unreachable, time
+/// exceeded, parameter problem) for the whole node, apart from fragments.
+pub const UPLINK_ICMP_ERRORS: MeterRate = MeterRate {
+    packets_per_second: 400,
+    burst: 400,
+};
+
 /// The slow-path meter of the packets that come in on OpenFlow port `ofport`.
 pub fn slow_path_meter(ofport: u32) -> u32 {
     SLOW_PATH_METER_BASE + ofport
+}
+
+/// The meter of the ICMP errors that come in on OpenFlow port `ofport` (the uplink's).
+pub fn icmp_error_meter(ofport: u32) -> u32 {
+    ICMP_ERROR_METER_BASE + ofport
 }
 
 /// The rate of the slow-path meter of packets from `in_port` on a bridge whose uplink is
@@ -58,18 +82,27 @@ pub fn slow_path_rate(in_port: u32, uplink_ofport: u32) -> MeterRate {
     }
 }
 
-/// Every meter the bridge's flows name, by id.
+/// Every meter the bridge's flows name, by id: none where the datapath has no meters.
 pub fn bridge_meters(s: &BridgeState) -> Vec<Meter> {
-    let mut meters = vec![Meter {
-        id: slow_path_meter(s.uplink_ofport),
-        rate: UPLINK_SLOW_PATH,
-    }];
+    if !s.meters_available {
+        return Vec::new();
+    }
+    let mut meters = vec![
+        Meter {
+            id: slow_path_meter(s.uplink_ofport),
+            rate: UPLINK_SLOW_PATH,
+        },
+        Meter {
+            id: icmp_error_meter(s.uplink_ofport),
+            rate: UPLINK_ICMP_ERRORS,
+        },
+    ];
     for sb in &s.sandboxes {
         meters.push(Meter {
             id: slow_path_meter(sb.ofport),
             rate: SANDBOX_SLOW_PATH,
         });
-        if let Some(rate) = s.egress_limit {
+        if let Some(rate) = s.egress_meter() {
             meters.push(Meter {
                 id: sb.ofport,
                 rate,
@@ -102,6 +135,8 @@ mod tests {
                 })
                 .collect(),
             egress_limit,
+            meters_available: true,
+            datapath: crate::flows::Datapath::Netdev,
         }
     }
 
@@ -137,13 +172,38 @@ mod tests {
                 .map(|m| m.rate),
             Some(UPLINK_SLOW_PATH)
         );
-        // Without a limit, only the slow path's: the uplink's and one per sandbox.
-        assert_eq!(bridge_meters(&state(None)).len(), 3);
+        assert_eq!(
+            metered
+                .iter()
+                .find(|m| m.id == icmp_error_meter(1))
+                .map(|m| m.rate),
+            Some(UPLINK_ICMP_ERRORS)
+        );
+        // Without a limit, only the slow path's: the uplink's two and one per sandbox.
+        assert_eq!(bridge_meters(&state(None)).len(), 4);
+    }
+
+    #[test]
+    fn a_datapath_without_meters_gets_none_and_no_flow_names_one() {
+        let limit = MeterRate {
+            packets_per_second: 5000,
+            burst: 500,
+        };
+        for mut s in [state(None), state(Some(limit))] {
+            s.meters_available = false;
+            assert_eq!(bridge_meters(&s), []);
+            assert_eq!(named(&s), BTreeSet::new());
+            assert!(compile_bridge(&s)
+                .flows
+                .iter()
+                .all(|f| !f.actions.contains("meter")));
+        }
     }
 
     #[test]
     fn slow_path_meters_never_take_a_port_number() {
         assert!(slow_path_meter(0) > 0xff00);
+        assert!(icmp_error_meter(0) > slow_path_meter(0xff00));
         assert_eq!(slow_path_rate(1, 1), UPLINK_SLOW_PATH);
         assert_eq!(slow_path_rate(7, 1), SANDBOX_SLOW_PATH);
     }

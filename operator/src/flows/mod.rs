@@ -8,7 +8,7 @@ mod compile;
 mod flow;
 pub mod meters;
 
-pub use compile::{compile_bridge, BridgeState, SandboxPorts, CT_ZONE};
+pub use compile::{compile_bridge, BridgeState, Datapath, SandboxPorts, CT_ZONE};
 pub use flow::{diff, Flow, FlowDiff, FlowRef, FlowTable, Flows};
 pub use meters::{bridge_meters, Meter, MeterRate};
 

@@ -21,9 +21,8 @@ pub struct KubeSources {
     client: Client,
     node: String,
     runtime: tokio::runtime::Handle,
-    /// What the Node's annotation last said after a patch that succeeded: a failed patch is
-    /// sent again at the next report.
-    reported: std::sync::Arc<std::sync::Mutex<Option<BTreeMap<String, u32>>>>,
+    /// Publishes the reports on the Node, one patch at a time, newest wins.
+    reported: Publisher<BTreeMap<String, u32>>,
     /// (key, resourceVersion) of the accepted ranges last handed out.
     last: Option<Vec<(ObjectKey, String)>>,
 }
@@ -126,34 +125,188 @@ impl Sources for KubeSources {
     }
 
     fn report(&self, programmed: BTreeMap<String, u32>) {
-        if self
-            .reported
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            == Some(&programmed)
-        {
-            return;
-        }
-        let value = serde_json::to_string(&programmed).unwrap_or_default();
         let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(self.client.clone());
-        let (node, reported) = (self.node.clone(), self.reported.clone());
-        self.runtime.spawn(async move {
+        let node = self.node.clone();
+        let publish = self.reported.publish(programmed, move |programmed| async move {
+            let value = serde_json::to_string(&programmed).unwrap_or_default();
             let patch =
                 serde_json::json!({"metadata": {"annotations": {PROGRAMMED_ANNOTATION: value}}});
-            match nodes
+            nodes
                 .patch(
                     &node,
                     &kube::api::PatchParams::default(),
                     &kube::api::Patch::Merge(patch),
                 )
                 .await
-            {
-                Ok(_) => *reported.lock().unwrap_or_else(|p| p.into_inner()) = Some(programmed),
-                Err(e) => {
-                    tracing::warn!(%node, error = %e, "could not publish programmed PortRanges; trying again at the next report")
+                .map(|_| ())
+                .map_err(|e| format!("node {node}: {e}"))
+        });
+        if let Some(publish) = publish {
+            self.runtime.spawn(publish);
+        }
+    }
+}
+
+/// Publishes a value that changes (the agent's programmed counts) with one patch at a time:
+/// patches are spawned as reports come, and two in flight could complete in either order, so
+/// an older one could overwrite a newer one. Here each report gets a generation; a patch
+/// waits for the one before it to finish and is skipped if a newer report came meanwhile (the
+/// newer one sends the newer value). A report equal to the last one is not sent again, unless
+/// that one's patch failed.
+pub struct Publisher<T> {
+    state: std::sync::Arc<PublisherState<T>>,
+}
+
+struct PublisherState<T> {
+    /// The last report's generation and value; None after its patch failed.
+    last: std::sync::Mutex<(u64, Option<T>)>,
+    /// Held by the patch being sent.
+    in_flight: tokio::sync::Mutex<()>,
+}
+
+impl<T> Default for Publisher<T> {
+    fn default() -> Self {
+        Publisher {
+            state: std::sync::Arc::new(PublisherState {
+                last: std::sync::Mutex::new((0, None)),
+                in_flight: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+}
+
+impl<T: PartialEq + Clone + Send + 'static> Publisher<T> {
+    /// The future that sends `value` with `patch` (to spawn), or None when `value` is what the
+    /// last report sent or is sending.
+    pub fn publish<F, Fut>(
+        &self,
+        value: T,
+        patch: F,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static>
+    where
+        F: FnOnce(T) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), String>> + Send,
+    {
+        let generation = {
+            let mut last = self.state.last.lock().unwrap_or_else(|p| p.into_inner());
+            if last.1.as_ref() == Some(&value) {
+                return None;
+            }
+            last.0 += 1;
+            last.1 = Some(value.clone());
+            last.0
+        };
+        let state = self.state.clone();
+        Some(async move {
+            let _one_at_a_time = state.in_flight.lock().await;
+            let latest = |s: &PublisherState<T>| {
+                s.last.lock().unwrap_or_else(|p| p.into_inner()).0 == generation
+            };
+            if !latest(&state) {
+                tracing::debug!(generation, "a newer report supersedes this one; not sent");
+                return;
+            }
+            if let Err(e) = patch(value).await {
+                tracing::warn!(error = %e, "could not publish programmed PortRanges; trying again at the next report");
+                let mut last = state.last.lock().unwrap_or_else(|p| p.into_inner());
+                if last.0 == generation {
+                    last.1 = None;
                 }
             }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Publisher;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// A patch that takes `delay` (the first report's patch is the slow one), then records
+    /// the value as the API server would have it, or fails.
+    fn patcher(
+        sent: Arc<Mutex<Vec<u32>>>,
+        delay: Duration,
+        fail: bool,
+    ) -> impl FnOnce(
+        u32,
+    )
+        -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+           + Send
+           + 'static {
+        move |v| {
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                if fail {
+                    return Err("refused".into());
+                }
+                sent.lock().unwrap().push(v);
+                Ok(())
+            })
+        }
+    }
+
+    #[test]
+    fn an_older_report_never_overwrites_a_newer_one() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        let p = Publisher::default();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let slow = Duration::from_millis(200);
+        let first = p.publish(1, patcher(sent.clone(), slow, false)).unwrap();
+        let second = p
+            .publish(2, patcher(sent.clone(), Duration::ZERO, false))
+            .unwrap();
+        // The newer one is spawned first, as the runtime may well run it.
+        let handles = [rt.spawn(second), rt.spawn(first)];
+        rt.block_on(async {
+            for h in handles {
+                h.await.unwrap();
+            }
         });
+        // Whatever ran first, what stays is the newest report.
+        assert_eq!(sent.lock().unwrap().last(), Some(&2));
+        // In order: never 2 then 1.
+        assert!(!sent.lock().unwrap().windows(2).any(|w| w == [2, 1]));
+
+        // While 3's slow patch is in flight, 4 and then 3 again: 3 is sent last.
+        let (a, b, c) = (
+            p.publish(3, patcher(sent.clone(), slow, false)).unwrap(),
+            p.publish(4, patcher(sent.clone(), Duration::ZERO, false))
+                .unwrap(),
+            p.publish(3, patcher(sent.clone(), Duration::ZERO, false))
+                .unwrap(),
+        );
+        let handles = [rt.spawn(a), rt.spawn(b), rt.spawn(c)];
+        rt.block_on(async {
+            for h in handles {
+                h.await.unwrap();
+            }
+        });
+        assert_eq!(sent.lock().unwrap().last(), Some(&3));
+        // The same value again: nothing to send.
+        assert!(p.publish(3, patcher(sent.clone(), slow, false)).is_none());
+    }
+
+    #[test]
+    fn a_report_whose_patch_failed_is_sent_again() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let p = Publisher::default();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let failing = p
+            .publish(5, patcher(sent.clone(), Duration::ZERO, true))
+            .unwrap();
+        rt.block_on(failing);
+        assert!(sent.lock().unwrap().is_empty());
+        let again = p.publish(5, patcher(sent.clone(), Duration::ZERO, false));
+        rt.block_on(again.expect("sent again after the failure"));
+        assert_eq!(*sent.lock().unwrap(), [5]);
     }
 }

@@ -1,6 +1,9 @@
 //! `OvsExec` by running the real tools.
 
-use super::{parse_cookies, parse_flow_count, parse_flow_stats, parse_meters, OvsError, OvsExec};
+use super::{
+    parse_cookies, parse_flow_count, parse_flow_stats, parse_max_meters, parse_meters, OvsError,
+    OvsExec,
+};
 use crate::exec::{run, run_with_stdin};
 use crate::flows::{FlowDiff, Meter};
 
@@ -72,6 +75,16 @@ impl OvsExec for OvsCli {
             &["-O", "OpenFlow14", "del-meter", bridge, &meter],
         )
         .map(|_| ())
+    }
+
+    fn max_meters(&self, bridge: &str) -> Result<u32, OvsError> {
+        let argv = ["-O", "OpenFlow13", "meter-features", bridge];
+        let reply = run("ovs-ofctl", &argv)?;
+        parse_max_meters(&reply).ok_or_else(|| OvsError {
+            argv: format!("ovs-ofctl {}", argv.join(" ")),
+            status: "exit status: 0".into(),
+            stderr: format!("no max_meter in the reply: {}", reply.trim()),
+        })
     }
 
     fn apply(&self, bridge: &str, diff: &FlowDiff) -> Result<(), OvsError> {

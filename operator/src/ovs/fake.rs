@@ -27,6 +27,12 @@ pub struct FakeOvs {
     pub meter_table: Mutex<BTreeMap<String, Meters>>,
     /// Whether `del_meter` fails, as OVS might.
     pub refuse_del_meter: std::sync::atomic::AtomicBool,
+    /// A datapath without meters: `max_meters` says 0 and adding one fails.
+    pub no_meters: std::sync::atomic::AtomicBool,
+    /// How many times `max_meters` was asked.
+    pub meter_probes: std::sync::atomic::AtomicUsize,
+    /// Whether `set_meter` fails whatever it is asked, as OVS might.
+    pub refuse_set_meter: std::sync::atomic::AtomicBool,
 }
 
 impl OvsExec for FakeOvs {
@@ -79,6 +85,14 @@ impl OvsExec for FakeOvs {
     }
 
     fn set_meter(&self, bridge: &str, meter: &Meter, modify: bool) -> Result<(), OvsError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.no_meters.load(SeqCst) || self.refuse_set_meter.load(SeqCst) {
+            return Err(OvsError {
+                argv: format!("ovs-ofctl set meter {} (modify: {modify})", meter.id),
+                status: "exit status: 1".into(),
+                stderr: format!("refused (test; modify: {modify})"),
+            });
+        }
         let mut meters = self.meter_table.lock().expect("lock");
         let bridge_meters = meters.entry(bridge.to_string()).or_default();
         // As OVS: adding an existing meter or changing a missing one fails.
@@ -109,7 +123,32 @@ impl OvsExec for FakeOvs {
         Ok(())
     }
 
+    fn max_meters(&self, _bridge: &str) -> Result<u32, OvsError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.meter_probes.fetch_add(1, SeqCst);
+        Ok(if self.no_meters.load(SeqCst) {
+            0
+        } else {
+            200_000
+        })
+    }
+
     fn apply(&self, bridge: &str, diff: &FlowDiff) -> Result<(), OvsError> {
+        // As OVS: a bundle with a flow that names a missing meter fails whole.
+        let meters = self.meter_table.lock().expect("lock");
+        for f in &diff.add {
+            if let Some(named) = f.actions.strip_prefix("meter:") {
+                let id: u32 = named.split(',').next().unwrap_or("").parse().unwrap_or(0);
+                if !meters.get(bridge).is_some_and(|m| m.contains_key(&id)) {
+                    return Err(OvsError {
+                        argv: format!("ovs-ofctl --bundle add-flows {bridge} -"),
+                        status: "exit status: 1".into(),
+                        stderr: format!("OFPMMFC_INVALID_METER: meter {id} ({f})"),
+                    });
+                }
+            }
+        }
+        drop(meters);
         let mut cookies = self.cookies.lock().expect("lock");
         let installed = cookies.entry(bridge.to_string()).or_default();
         installed.retain(|c| !diff.delete.contains(c));

@@ -37,6 +37,9 @@ pub trait OvsExec: Send + Sync {
     /// Adds the meter, or changes the rate of the one with its id (`modify`).
     fn set_meter(&self, bridge: &str, meter: &Meter, modify: bool) -> Result<(), OvsError>;
     fn del_meter(&self, bridge: &str, id: u32) -> Result<(), OvsError>;
+    /// How many meters the bridge's datapath supports (`meter-features`' `max_meter`): 0
+    /// where it has none, as some kernel datapaths.
+    fn max_meters(&self, bridge: &str) -> Result<u32, OvsError>;
 }
 
 /// Shared handles work too (tests keep one to inspect what the agent did).
@@ -67,6 +70,9 @@ impl<T: OvsExec + Sync> OvsExec for std::sync::Arc<T> {
     }
     fn del_meter(&self, bridge: &str, id: u32) -> Result<(), OvsError> {
         (**self).del_meter(bridge, id)
+    }
+    fn max_meters(&self, bridge: &str) -> Result<u32, OvsError> {
+        (**self).max_meters(bridge)
     }
 }
 
@@ -128,6 +134,15 @@ pub fn parse_meters(dump: &str) -> Vec<Meter> {
     meters
 }
 
+/// Reads `max_meter:N` from `ovs-ofctl meter-features` output (`OFPST_METER_FEATURES reply`
+/// then `max_meter:200000 max_bands:1 max_color:0`, band types and capabilities).
+pub fn parse_max_meters(reply: &str) -> Option<u32> {
+    reply
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("max_meter:"))
+        .and_then(|n| n.parse().ok())
+}
+
 /// Reads `flow_count=N` from `ovs-ofctl dump-aggregate` output.
 pub fn parse_flow_count(reply: &str) -> Option<usize> {
     reply
@@ -154,6 +169,15 @@ mod tests {
             super::parse_meters(dump),
             vec![meter(2, 1000, 100), meter(65537, 400, 40), meter(9, 0, 0)]
         );
+    }
+
+    #[test]
+    fn parses_the_meter_features_reply() {
+        let with = "OFPST_METER_FEATURES reply (OF1.3) (xid=0x2):\nmax_meter:200000 max_bands:1 max_color:0\nband_types: drop\ncapabilities: kbps pktps burst stats\n";
+        assert_eq!(super::parse_max_meters(with), Some(200000));
+        let without = "OFPST_METER_FEATURES reply (OF1.3) (xid=0x2):\nmax_meter:0 max_bands:0 max_color:0\nband_types: 0\ncapabilities: 0\n";
+        assert_eq!(super::parse_max_meters(without), Some(0));
+        assert_eq!(super::parse_max_meters("garbage"), None);
     }
 
     #[test]

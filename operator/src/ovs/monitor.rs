@@ -152,15 +152,13 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Starts `ovs-ofctl -O OpenFlow14 monitor BRIDGE 65535 -m`, with its control socket at a
-    /// path of the agent's own (see [`PacketSender`]). The child gets SIGKILL when the thread
-    /// that started it ends, so an agent killed outright leaves no monitor behind.
-    pub fn start(bridge: &str) -> io::Result<(Monitor, ChildStderr)> {
+    /// Starts `ovs-ofctl -O OpenFlow14 monitor BRIDGE 65535 -m`, with its control socket in
+    /// `control_dir` (see [`control_dir`] and [`PacketSender`]). The child gets SIGKILL when
+    /// the thread that started it ends, so an agent killed outright leaves no monitor behind.
+    pub fn start(bridge: &str, control_dir: &Path) -> io::Result<(Monitor, ChildStderr)> {
         use std::os::unix::process::CommandExt;
-        let control = std::env::temp_dir().join(format!(
-            "portiso-monitor-{}-{bridge}.ctl",
-            std::process::id()
-        ));
+        ensure_private_dir(control_dir)?;
+        let control = control_dir.join(format!("{}-{bridge}.ctl", std::process::id()));
         // Left by a monitor of this process that ended without cleaning up.
         let _ = std::fs::remove_file(&control);
         let mut cmd = Command::new("ovs-ofctl");
@@ -214,6 +212,45 @@ impl Drop for Monitor {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.control);
     }
+}
+
+/// Where the monitors' control sockets go: a directory `monitors` beside the agent's own
+/// socket (its run directory, root's), never a shared and predictable path such as /tmp
+/// where another user could put a socket or link first. Whoever can connect to a monitor's
+/// control socket can send any packet into the bridge.
+pub fn control_dir(agent_socket: &Path) -> PathBuf {
+    agent_socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join("monitors")
+}
+
+/// Creates `dir` with mode 0700 (its parents as usual), or makes an existing one 0700; refuses
+/// a directory that is a symbolic link or belongs to another user.
+pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    // This process's effective user owns its /proc entry.
+    let euid = std::fs::metadata("/proc/self")?.uid();
+    if !meta.is_dir() || meta.uid() != euid {
+        return Err(io::Error::other(format!(
+            "{} is not a directory of this user's: refusing to put control sockets there",
+            dir.display()
+        )));
+    }
+    if meta.mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// Sends packets back into the bridge over the monitor's own OpenFlow connection: each is an
@@ -290,6 +327,27 @@ fn connect_when_ready(path: &Path) -> io::Result<UnixStream> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn control_sockets_go_beside_the_agent_socket_in_a_private_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let run = std::env::temp_dir().join(format!("portiso-ctl-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&run);
+        let dir = super::control_dir(&run.join("agent.sock"));
+        assert_eq!(dir, run.join("monitors"));
+        super::ensure_private_dir(&dir).unwrap();
+        let mode = |d: &std::path::Path| std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        // One made with other modes is made private again.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        super::ensure_private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        // A link in its place is refused.
+        let link = run.join("linked");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(super::ensure_private_dir(&link).is_err());
+        std::fs::remove_dir_all(&run).unwrap();
+    }
+
     use super::*;
 
     /// What ovs-ofctl 3.1 printed with `-m -m -m` for a 70-byte packet-in.
