@@ -259,6 +259,54 @@ fn concurrent_adds_of_one_attachment_make_one_port() {
 }
 
 #[test]
+fn concurrent_adds_of_many_sandboxes_each_get_exactly_their_own_ports() {
+    // Eight ADDs at once, each of a sandbox with a range of its own: the agent makes their
+    // ports concurrently and lets them join in groups, one flow bundle per group (agent/add.rs).
+    let names: Vec<String> = (0..8).map(|i| format!("m{i}")).collect();
+    let first_port = |i: usize| 10000 + 100 * i as u16;
+    let ranges: String = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| portrange(n, n, &[("TCP", first_port(i), first_port(i) + 99)], &[]))
+        .collect();
+    let mut tb = testbed("crmany", &ranges);
+    for n in &names {
+        tb.create_sandbox(n).unwrap();
+    }
+    let adds: Vec<_> = names
+        .iter()
+        .map(|n| {
+            tb.cni_spawn("ADD", n, "eth0", "up1", "1.0.0", &json!({}))
+                .unwrap()
+        })
+        .collect();
+    for (n, add) in names.iter().zip(adds) {
+        let out = add.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "ADD of {n}: {text}\n{}",
+            tb.agent_log()
+        );
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["interfaces"][0]["name"], "eth0", "{text}");
+    }
+    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+    for (i, n) in names.iter().enumerate() {
+        assert_eq!(traces(&tb, n), [true; 5], "{n}");
+        // Each range reaches its own sandbox and no other.
+        let landed = tb.probe(false, 0, first_port(i) + 50, &all).unwrap().landed;
+        assert_eq!(landed, [n.clone()], "port {}", first_port(i) + 50);
+    }
+    assert_eq!(sandbox_ports(&tb).len(), names.len());
+    let groups = tb.agent_log().matches("sandboxes joined together").count();
+    eprintln!(
+        "{} ADDs at once; {groups} of them joined with others",
+        names.len()
+    );
+}
+
+#[test]
 fn del_racing_add_leaves_the_sandbox_attached_or_gone_never_half() {
     let mut tb = testbed("crrace", &ranges());
     tb.attach("web2", "up1").unwrap();

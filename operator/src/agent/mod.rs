@@ -5,6 +5,7 @@
 //! restarted agent re-adopts its ports, recompiles, finds the same cookies installed and
 //! changes nothing.
 
+mod add;
 mod attach;
 pub mod fragments;
 pub mod icmp_errors;
@@ -70,13 +71,12 @@ pub struct Agent {
     /// Refused PortRanges and why.
     pub refused: BTreeMap<ObjectKey, String>,
     pub attachments: Vec<Attachment>,
-    /// ADDs not finished yet: their veth and OVS port are being made, or their flows.
-    in_flight: Vec<attach::InFlight>,
-    /// How many sandboxes joined `attachments` through ADD so far.
-    attachments_joined: u64,
-    /// Per uplink, `attachments_joined` when the last successful reconcile of its bridge
-    /// began: the ADDs up to there have their flows.
-    flows_cover: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// ADDs not answered yet (see `add`): their ports are being made, or they wait to join.
+    in_flight: Vec<add::InFlight>,
+    /// Sandboxes whose ports are made, queued to join `attachments` (filled without the lock).
+    joining: add::Joining,
+    /// Answers of ADDs whose sandbox joined with another ADD's group.
+    settled: add::Settled,
     /// Since when each attachment's sandbox has been reported gone.
     gone_since: BTreeMap<portiso_agent_api::AttachmentKey, std::time::Instant>,
     /// Who owns which ports on each bridge, for the ICMP error slow path.
@@ -220,8 +220,8 @@ impl Agent {
             refused: BTreeMap::new(),
             attachments: Vec::new(),
             in_flight: Vec::new(),
-            attachments_joined: 0,
-            flows_cover: Default::default(),
+            joining: Default::default(),
+            settled: Default::default(),
             gone_since: BTreeMap::new(),
             icmp_relay: icmp_relay::IcmpRelay::default(),
             fast_path,
@@ -421,7 +421,7 @@ impl Agent {
     }
 
     /// Keeps each sandbox's ip_local_port_range inside the ports it owns now.
-    fn update_local_ports(&mut self) {
+    pub(super) fn update_local_ports(&mut self) {
         let owners = state::Owners::new(&self.accepted, &self.attachments);
         let wanted: Vec<Option<(u16, u16)>> = self
             .attachments
@@ -457,20 +457,11 @@ impl Agent {
     /// Brings one bridge's flows in line with the state: one atomic bundle of only the flows
     /// that differ.
     pub fn reconcile(&self, uplink: &UplinkRuntime) -> Result<(), ovs::OvsError> {
-        let joined = self.attachments_joined;
         let result = self.reconcile_flows(uplink);
-        match result {
-            Ok(()) => {
-                self.flows_cover()
-                    .insert(uplink.config.name.clone(), joined);
-            }
-            Err(_) => self.metrics.reconcile_errors.inc(),
+        if result.is_err() {
+            self.metrics.reconcile_errors.inc();
         }
         result
-    }
-
-    fn flows_cover(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u64>> {
-        self.flows_cover.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn reconcile_flows(&self, uplink: &UplinkRuntime) -> Result<(), ovs::OvsError> {
@@ -619,8 +610,8 @@ mod tests {
             refused: BTreeMap::new(),
             attachments: vec![attachment("a", 2), attachment("b", 3)],
             in_flight: Vec::new(),
-            attachments_joined: 0,
-            flows_cover: Default::default(),
+            joining: Default::default(),
+            settled: Default::default(),
             icmp_relay: Default::default(),
             fast_path: None,
             fast_path_off: "off: test".into(),

@@ -1,4 +1,5 @@
-//! The agent's unix socket: one JSON request per connection, answered in turn; and the poll
+//! The agent's unix socket: one JSON request per connection, answered concurrently (each
+//! holds the agent's lock while it changes the state; see `add` for ADD); and the poll
 //! that re-reads rangesDir.
 
 use super::metrics::AgentMetrics;
@@ -72,12 +73,18 @@ async fn answer(
             }
             let response = tokio::task::spawn_blocking(move || {
                 super::uninstall::unless_stopping(|| match request {
-                    // Not under the lock throughout: see `attach::add_unlocked`.
-                    Request::Add(r) => super::attach::add_unlocked(&agent, &r)
+                    // Not under the lock throughout: see `add`.
+                    Request::Add(r) => super::add::add_unlocked(&agent, &r)
                         .map_or_else(Response::Error, Response::Attached),
+                    // Answered as if the ADD of the same attachment in flight had held the
+                    // lock throughout.
                     Request::Del(r) => {
                         let key = r.key.clone();
-                        super::attach::when_settled(&agent, &key, |a| a.handle(Request::Del(r)))
+                        super::add::when_settled(&agent, &key, |a| a.handle(Request::Del(r)))
+                    }
+                    Request::Check(r) => {
+                        let key = r.key.clone();
+                        super::add::when_settled(&agent, &key, |a| a.handle(Request::Check(r)))
                     }
                     other => lock(&agent).handle(other),
                 })

@@ -103,11 +103,14 @@ pub struct Measurement {
     pub tcp_connections: Rate,
     pub udp_request_response: Rate,
     pub setup_seconds: f64,
-    /// CNI ADD while building (portiso; two at a time, see `systems::portiso`).
+    /// CNI ADD while building (portiso; `attach_workers` at a time, see `systems::portiso`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attach_ms_p50: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attach_ms_max: Option<f64>,
+    /// How many of those ADDs ran at a time (`--attach-workers`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attach_workers: Option<usize>,
     /// CNI ADD of one more sandbox with all of them present, one at a time.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub next_attach_ms: Vec<f64>,
@@ -390,6 +393,7 @@ fn measure(
         setup_seconds: built.setup.as_secs_f64(),
         attach_ms_p50: attach.get(attach.len() / 2).copied(),
         attach_ms_max: attach.last().copied(),
+        attach_workers: (!attach.is_empty()).then_some(built.attach_workers),
         next_attach_ms_p50: (!built.next_attach_ms.is_empty())
             .then(|| attach::median(&built.next_attach_ms)),
         next_attach_ms: built.next_attach_ms.clone(),

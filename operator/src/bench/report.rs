@@ -325,8 +325,9 @@ fn portiso_line(p: &Measurement) -> String {
     let mut parts = Vec::new();
     if let Some(a) = p.attach_ms_p50 {
         parts.push(format!(
-            "CNI ADD while building p50 {a:.0} ms (max {:.0} ms)",
-            p.attach_ms_max.unwrap_or(0.0)
+            "CNI ADD while building p50 {a:.0} ms (max {:.0} ms, {} at a time)",
+            p.attach_ms_max.unwrap_or(0.0),
+            p.attach_workers.unwrap_or(1)
         ));
     }
     if let Some(a) = p.next_attach_ms_p50 {

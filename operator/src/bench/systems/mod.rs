@@ -226,6 +226,8 @@ pub struct Built {
     pub servers_at: Vec<(String, u16)>,
     /// Wall time of each sandbox's CNI ADD while building (portiso only).
     pub attach_ms: Vec<f64>,
+    /// How many of those ADDs ran at a time.
+    pub attach_workers: usize,
     /// CNI ADD of one more sandbox with all of them present, a few times (portiso only).
     pub next_attach_ms: Vec<f64>,
     /// Flow update of one sandbox (portiso only).
@@ -453,6 +455,7 @@ impl Built {
             targets: Vec::new(),
             servers_at: Vec::new(),
             attach_ms: Vec::new(),
+            attach_workers: 0,
             next_attach_ms: Vec::new(),
             flow_update: None,
             agent_rss_kib: None,

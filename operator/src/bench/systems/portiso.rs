@@ -71,6 +71,7 @@ pub(super) fn build(o: &BuildOptions, plan: Plan, datapath: Option<&str>) -> any
         b.push_range(ns, SocketAddr::from((shared, super::range_port(i))), i);
     }
     b.attach_ms = attach_ms;
+    b.attach_workers = o.attach_workers;
     b.next_attach_ms = next_attach_ms;
     b.flow_update = Some(flow_update);
     b.agent_rss_kib = rss;
