@@ -296,7 +296,12 @@ fn concurrent_adds_of_many_sandboxes_each_get_exactly_their_own_ports() {
         assert_eq!(traces(&tb, n), [true; 5], "{n}");
         // Each range reaches its own sandbox and no other.
         let landed = tb.probe(false, 0, first_port(i) + 50, &all).unwrap().landed;
-        assert_eq!(landed, std::slice::from_ref(n), "port {}", first_port(i) + 50);
+        assert_eq!(
+            landed,
+            std::slice::from_ref(n),
+            "port {}",
+            first_port(i) + 50
+        );
     }
     assert_eq!(sandbox_ports(&tb).len(), names.len());
     let groups = tb.agent_log().matches("sandboxes joined together").count();

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::node::meter_stats;
 use common::{portrange, testbed};
 use portiso::testbed::netns::{count_frames, frame, run_in, spawn_in};
 use portiso::testbed::Testbed;
@@ -231,32 +232,6 @@ fn port_unreachable_about_the_hosts_own_datagram_reaches_the_host() {
     }
 }
 
-/// The packets meter `id` on br-up1 let through and dropped, from `ovs-ofctl meter-stats`.
-fn meter_counts(tb: &Testbed, id: u32) -> (u64, u64) {
-    let stats = tb
-        .node_cmd(
-            "ovs-ofctl",
-            &[
-                "-O",
-                "OpenFlow14",
-                "meter-stats",
-                "br-up1",
-                &format!("meter={id}"),
-            ],
-        )
-        .unwrap();
-    // "meter:65537 flow_count:1 packet_in_count:1234 ... 0: packet_count:1000 ..."
-    let number = |after: &str| -> u64 {
-        stats
-            .split(after)
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    (number("packet_in_count:"), number("0: packet_count:"))
-}
-
 /// A remote sender floods the uplink with fragmented datagrams (to web1's port: each is
 /// handed to the agent fragment by fragment) far beyond the uplink's slow-path meter, while
 /// web2 sends datagrams to a closed port of the peer: each still gets its "port unreachable",
@@ -311,8 +286,8 @@ fn a_fragment_flood_from_the_uplink_does_not_starve_icmp_errors() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let sent = flood.join().unwrap();
-    let (fragments_in, fragments_dropped) = meter_counts(&tb, slow_path_meter(uplink));
-    let (_, errors_dropped) = meter_counts(&tb, icmp_error_meter(uplink));
+    let (fragments_in, fragments_dropped) = meter_stats(&tb, slow_path_meter(uplink));
+    let (_, errors_dropped) = meter_stats(&tb, icmp_error_meter(uplink));
     eprintln!(
         "the peer sent {sent} fragmented datagrams; the uplink's fragment meter dropped {fragments_dropped} of {fragments_in} fragments, its ICMP error meter {errors_dropped}; web2 heard {refused} of 5 errors"
     );

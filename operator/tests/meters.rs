@@ -11,12 +11,12 @@
 mod common;
 
 use common::dataplane::{attach_web, web_ranges};
-use common::node::sandbox_ofport;
+use common::node::{meter_stats, sandbox_ofport, start_agent_with_metrics};
 use common::testbed_with;
 use portiso::testbed::netns::run_in;
 use portiso::testbed::Testbed;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 const RATE: u32 = 1000;
@@ -52,29 +52,6 @@ fn peer_counter_of(
         }
         n
     })
-}
-
-/// The packets meter `id` on br-up1 dropped, from `ovs-ofctl meter-stats`.
-fn meter_drops(tb: &Testbed, id: i64) -> u64 {
-    let stats = tb
-        .node_cmd(
-            "ovs-ofctl",
-            &[
-                "-O",
-                "OpenFlow14",
-                "meter-stats",
-                "br-up1",
-                &format!("meter={id}"),
-            ],
-        )
-        .unwrap();
-    // "meter:2 flow_count:9 packet_in_count:... 0: packet_count:1234 byte_count:..."
-    stats
-        .split("0: packet_count:")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Starts sending `payload` from `from_port` in sandbox `ns` to the peer's `to_port` as fast as
@@ -152,7 +129,7 @@ fn a_flooding_sandbox_is_held_to_its_rate_and_its_neighbour_is_not_starved() {
     let flooded = flood.join().unwrap();
     let (flood_got, paced_got) = (flood_seen.join().unwrap(), paced_seen.join().unwrap());
     // A sandbox's egress meter is numbered as its OpenFlow port.
-    let drops = meter_drops(&tb, sandbox_ofport(&tb, "web2"));
+    let drops = meter_stats(&tb, sandbox_ofport(&tb, "web2") as u32).1;
     eprintln!(
         "web2 flooded {flooded} datagrams in 2 s: {flood_got} left (meter dropped {drops}); web1's paced {paced}: {paced_got} arrived"
     );
@@ -193,7 +170,7 @@ fn a_sandbox_flooding_fragments_cannot_starve_its_neighbours_fragments() {
     let flooded = flood.join().unwrap();
     let (flood_got, paced_got) = (flood_seen.join().unwrap(), paced_seen.join().unwrap());
     let web2_meter = slow_path_meter(sandbox_ofport(&tb, "web2") as u32);
-    let drops = meter_drops(&tb, i64::from(web2_meter));
+    let drops = meter_stats(&tb, web2_meter).1;
     eprintln!(
         "web2 flooded {flooded} fragmented datagrams in 3 s: {flood_got} arrived whole (its slow-path meter dropped {drops} fragments); web1's paced {paced}: {paced_got} arrived whole"
     );
@@ -254,16 +231,7 @@ fn past_a_wide_open_meter_the_agent_alone_holds_a_sandbox_flooding_fragments() {
     use portiso::flows::meters::{slow_path_meter, SANDBOX_SLOW_PATH};
     let mut tb = testbed_with("mtrfair", &web_ranges(), None, |_| {});
     tb.kill_agent();
-    let port = run_in(&tb.node, || {
-        TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-    })
-    .unwrap()
-    .unwrap();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    tb.start_agent_with(&["--metrics-addr", &addr.to_string()], &[])
-        .unwrap();
+    let addr = start_agent_with_metrics(&mut tb);
     attach_web(&mut tb);
     let (web1, web2) = (sandbox_ofport(&tb, "web1"), sandbox_ofport(&tb, "web2"));
     let web2_meter = slow_path_meter(web2 as u32);
@@ -307,7 +275,7 @@ fn past_a_wide_open_meter_the_agent_alone_holds_a_sandbox_flooding_fragments() {
     );
     let flooded = flood.join().unwrap();
     let (flood_got, paced_got) = (flood_seen.join().unwrap(), paced_seen.join().unwrap());
-    let meter_dropped = meter_drops(&tb, i64::from(web2_meter));
+    let meter_dropped = meter_stats(&tb, web2_meter).1;
     let count = |in_port, result| slow_path(&tb, addr, in_port, result);
     let (web1_taken, web1_dropped) = (
         count(web1, "taken"),

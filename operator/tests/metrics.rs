@@ -6,6 +6,7 @@
 mod common;
 
 use common::dataplane::{attach_web, web_ranges};
+use common::node::start_agent_with_metrics;
 use portiso::testbed::netns::{run_in, udp_send};
 use portiso::testbed::Testbed;
 use std::io::{Read, Write};
@@ -98,17 +99,7 @@ const EGRESS_DROPS_WEB1: &str = "portiso_agent_dropped_packets_total{uplink=\"up
 fn the_agent_serves_attach_times_sandboxes_flows_and_drops() {
     let mut tb = Testbed::new("mtagent", Path::new(env!("CARGO_BIN_EXE_portiso"))).unwrap();
     tb.write_ranges("ranges.yaml", &web_ranges()).unwrap();
-    // A port free in the node's own namespace, where the agent binds it.
-    let port = run_in(&tb.node, || {
-        TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-    })
-    .unwrap()
-    .unwrap();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    tb.start_agent_with(&["--metrics-addr", &addr.to_string()], &[])
-        .unwrap();
+    let addr = start_agent_with_metrics(&mut tb);
 
     let s = scrape(&tb, addr);
     assert_eq!(s.status, "HTTP/1.1 200 OK", "{}", s.body);

@@ -77,3 +77,46 @@ pub fn sandbox_ofport(tb: &Testbed, name: &str) -> i64 {
         .and_then(|row| row.lines().next()?.trim().parse().ok())
         .unwrap_or(-1)
 }
+
+/// What OpenFlow meter `id` on br-up1 counted, from `ovs-ofctl meter-stats`: (packets that
+/// reached it, packets its band dropped).
+pub fn meter_stats(tb: &Testbed, id: u32) -> (u64, u64) {
+    let stats = tb
+        .node_cmd(
+            "ovs-ofctl",
+            &[
+                "-O",
+                "OpenFlow14",
+                "meter-stats",
+                "br-up1",
+                &format!("meter={id}"),
+            ],
+        )
+        .unwrap();
+    // "meter:65537 flow_count:1 packet_in_count:1234 ... 0: packet_count:1000 ..."
+    let number = |after: &str| -> u64 {
+        stats
+            .split(after)
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (number("packet_in_count:"), number("0: packet_count:"))
+}
+
+/// Starts the agent with its metrics endpoint on a port free in the node's namespace (where
+/// the agent binds it); returns the endpoint's address.
+pub fn start_agent_with_metrics(tb: &mut Testbed) -> std::net::SocketAddr {
+    let port = portiso::testbed::netns::run_in(&tb.node, || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+    })
+    .unwrap()
+    .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    tb.start_agent_with(&["--metrics-addr", &addr.to_string()], &[])
+        .unwrap();
+    addr
+}
