@@ -52,7 +52,7 @@ pub struct UplinkRuntime {
 
 pub struct Agent {
     pub config: AgentConfig,
-    /// Shared, so that an ADD can make its port without the agent's lock (see `attach`).
+    /// Shared, so that an ADD can make its port without the agent's lock (see `add`).
     ovs: std::sync::Arc<dyn OvsExec>,
     /// `netdev` or `system`.
     pub datapath_type: String,
