@@ -46,21 +46,7 @@ fn no_sandboxes_everything_is_the_hosts() {
 
 #[test]
 fn two_sandboxes_with_tcp_and_udp_ranges() {
-    check(
-        "two-sandboxes",
-        &bridge(vec![
-            SandboxPorts {
-                sandbox: "default/web1".into(),
-                ofport: 2,
-                ports: vec![(Tcp, 10000, 10099), (Udp, 10000, 10099)],
-            },
-            SandboxPorts {
-                sandbox: "default/web2".into(),
-                ofport: 3,
-                ports: vec![(Tcp, 10100, 10199)],
-            },
-        ]),
-    );
+    check("two-sandboxes", &bridge(two_sandboxes()));
 }
 
 fn two_sandboxes() -> Vec<SandboxPorts> {

@@ -11,12 +11,11 @@
 mod common;
 
 use common::dataplane::{attach_web, web_ranges};
-use common::node::{meter_stats, sandbox_ofport, start_agent_with_metrics};
+use common::node::{meter_stats, metrics_reply, sandbox_ofport, start_agent_with_metrics};
 use common::testbed_with;
 use portiso::testbed::netns::run_in;
 use portiso::testbed::Testbed;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 const RATE: u32 = 1000;
@@ -193,17 +192,8 @@ fn a_sandbox_flooding_fragments_cannot_starve_its_neighbours_fragments() {
 
 /// One series' value from the agent's metrics page at `addr` (0 when absent).
 fn metric(tb: &Testbed, addr: SocketAddr, series: &str) -> f64 {
-    let page = run_in(&tb.node, move || -> std::io::Result<String> {
-        let mut s = TcpStream::connect(addr)?;
-        s.set_read_timeout(Some(Duration::from_secs(20)))?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-        let mut reply = String::new();
-        s.read_to_string(&mut reply)?;
-        Ok(reply)
-    })
-    .unwrap()
-    .unwrap_or_else(|e| panic!("scrape {addr}: {e}"));
-    page.lines()
+    metrics_reply(tb, addr)
+        .lines()
         .find_map(|l| {
             let (s, v) = l.rsplit_once(' ')?;
             (s == series).then(|| v.parse().ok())?

@@ -6,11 +6,10 @@
 mod common;
 
 use common::dataplane::{attach_web, web_ranges};
-use common::node::start_agent_with_metrics;
-use portiso::testbed::netns::{run_in, udp_send};
+use common::node::{metrics_reply, start_agent_with_metrics};
+use portiso::testbed::netns::udp_send;
 use portiso::testbed::Testbed;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -38,16 +37,7 @@ impl Scrape {
 
 /// `GET /metrics` over a bare TCP connection in the node's namespace, where the agent listens.
 fn scrape(tb: &Testbed, addr: SocketAddr) -> Scrape {
-    let reply = run_in(&tb.node, move || -> std::io::Result<String> {
-        let mut s = TcpStream::connect(addr)?;
-        s.set_read_timeout(Some(Duration::from_secs(20)))?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-        let mut reply = String::new();
-        s.read_to_string(&mut reply)?;
-        Ok(reply)
-    })
-    .unwrap()
-    .unwrap_or_else(|e| panic!("scrape {addr}: {e}\nagent log:\n{}", tb.agent_log()));
+    let reply = metrics_reply(tb, addr);
     let (head, body) = reply
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("not an HTTP answer: {reply:?}"));

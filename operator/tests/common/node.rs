@@ -120,3 +120,19 @@ pub fn start_agent_with_metrics(tb: &mut Testbed) -> std::net::SocketAddr {
         .unwrap();
     addr
 }
+
+/// The raw HTTP reply to `GET /metrics` from the agent's endpoint at `addr`, asked over a bare
+/// TCP connection in the node's namespace, where the agent listens.
+pub fn metrics_reply(tb: &Testbed, addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    portiso::testbed::netns::run_in(&tb.node, move || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        Ok(reply)
+    })
+    .unwrap()
+    .unwrap_or_else(|e| panic!("scrape {addr}: {e}\nagent log:\n{}", tb.agent_log()))
+}
