@@ -54,6 +54,21 @@ impl KubeTestServer {
     /// Like [`start`](Self::start), inside network namespace `netns` (so that processes in it,
     /// e.g. an agent on a testbed node, reach the API server on their loopback).
     pub fn start_in(name: &str, workspace: &Path, netns: Option<&str>) -> anyhow::Result<Self> {
+        // The ports are found free and then let go before etcd and the API server bind them;
+        // meanwhile any connection on the machine may take one as its source port (the same
+        // ephemeral range). Then start again on other ports (the failed start is torn down).
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(name, workspace, netns) {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("address already in use") => {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once(name: &str, workspace: &Path, netns: Option<&str>) -> anyhow::Result<Self> {
         let bin = kube_binaries(workspace)?;
         let dir = std::env::temp_dir().join(format!("portiso-kube-{name}"));
         let _ = std::fs::remove_dir_all(&dir);
