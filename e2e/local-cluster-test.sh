@@ -291,10 +291,16 @@ EOF
     grep -E 'SIGTERM' "$LC/log/agent-restart.log" | sed 's/^/    agent: /' >&2 || true
     check "a restarted agent keeps the node (SIGTERM, its DaemonSet still there)" \
         "$(grep -c 'SIGTERM uninstall=false' "$LC/log/agent-restart.log" | tr -d ' ')" 1
-    check "a new agent pod, Ready, after the restart" \
-        "$(kc get pods -n "$RELEASE_NS" -l app.kubernetes.io/component=agent \
+    # Both containers' readiness probes may report a few seconds after the agent's own word.
+    local ready_new=0
+    for ((i = 0; i < 30; i++)); do
+        ready_new=$(kc get pods -n "$RELEASE_NS" -l app.kubernetes.io/component=agent \
             -o jsonpath='{range .items[*]}{.metadata.name}={.status.containerStatuses[*].ready}{"\n"}{end}' |
-            grep -v "^${old_pod#pod/}=" | grep -c '=true true$' | tr -d ' ')" 1
+            grep -v "^${old_pod#pod/}=" | grep -c '=true true$' | tr -d ' ')
+        [[ "$ready_new" == 1 ]] && break
+        sleep 1
+    done
+    check "a new agent pod, Ready, after the restart" "$ready_new" 1
     check "br-$UP1 kept the shared address across the restart" \
         "$(ip -n "$NODE_NS" -4 -o addr show dev "br-$UP1" | awk '{print $4}')" "$UP1_ADDR/$UP1_LEN"
     check "$UP1_ADDR:10200 still reaches lc-multi after the agent restart" \
