@@ -79,6 +79,19 @@ fn flood(
     })
 }
 
+/// web1's side of the fragment tests: 30 datagrams of `size` bytes (fragmented) from its port
+/// 10050 to the peer's 8096, 10 a second, well within its own slow path; how many it sent.
+fn web1_paced(tb: &Testbed, size: usize) -> usize {
+    paced(
+        &tb.sandbox_ns("web1"),
+        10050,
+        8096,
+        vec![1; size],
+        30,
+        Duration::from_millis(100),
+    )
+}
+
 /// Sends `n` datagrams of `payload` from `from_port` in sandbox `ns` to the peer's `to_port`,
 /// one every `every`; returns `n`.
 fn paced(
@@ -158,14 +171,7 @@ fn a_sandbox_flooding_fragments_cannot_starve_its_neighbours_fragments() {
     // web2 sends 4000-byte datagrams (three fragments each) from its own port as fast as it
     // can for 3 s; web1 sends 30 of them at 10 a second, well within its own slow path.
     let flood = flood(tb.sandbox_ns("web2"), 10150, 8095, vec![7; BIG], 3);
-    let paced = paced(
-        &tb.sandbox_ns("web1"),
-        10050,
-        8096,
-        vec![1; BIG],
-        30,
-        Duration::from_millis(100),
-    );
+    let paced = web1_paced(&tb, BIG);
     let flooded = flood.join().unwrap();
     let (flood_got, paced_got) = (flood_seen.join().unwrap(), paced_seen.join().unwrap());
     let web2_meter = slow_path_meter(sandbox_ofport(&tb, "web2") as u32);
@@ -255,14 +261,7 @@ fn past_a_wide_open_meter_the_agent_alone_holds_a_sandbox_flooding_fragments() {
             )
         })
     };
-    let paced = paced(
-        &tb.sandbox_ns("web1"),
-        10050,
-        8096,
-        vec![1; BIG],
-        30,
-        Duration::from_millis(100),
-    );
+    let paced = web1_paced(&tb, BIG);
     let flooded = flood.join().unwrap();
     let (flood_got, paced_got) = (flood_seen.join().unwrap(), paced_seen.join().unwrap());
     let meter_dropped = meter_stats(&tb, web2_meter).1;
